@@ -1,0 +1,54 @@
+#include "base/log.h"
+
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/sinks/base_sink.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <ctime>
+#include <mutex>
+
+namespace spicebox::base {
+namespace {
+
+// Writes each formatted record with write(2) on a descriptor it does not own. Unlike spdlog's
+// file sinks it never opens, seeks or flushes a FILE*, so it works inside the seccomp sandbox.
+class FdSink : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+ public:
+  explicit FdSink(int fd) : fd_(fd) {}
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    spdlog::memory_buf_t formatted;
+    formatter_->format(msg, formatted);
+    const char* p = formatted.data();
+    size_t left = formatted.size();
+    while (left > 0) {
+      ssize_t n = ::write(fd_, p, left);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return;  // A log that cannot be written is dropped; never fatal.
+      p += n;
+      left -= static_cast<size_t>(n);
+    }
+  }
+  void flush_() override {}
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+void initLogging(const std::string& processName, int fd, const std::string& level) {
+  ::tzset();  // Reads /etc/localtime now, while the process may still open files.
+  auto logger = std::make_shared<spdlog::logger>(processName, std::make_shared<FdSink>(fd));
+  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %n[%P] %^%l%$: %v");
+  std::string wanted = level;
+  if (const char* env = std::getenv("SPICEBOX_LOG"); wanted.empty() && env) wanted = env;
+  logger->set_level(wanted.empty() ? spdlog::level::info : spdlog::level::from_str(wanted));
+  logger->flush_on(spdlog::level::trace);
+  spdlog::set_default_logger(std::move(logger));
+}
+
+}  // namespace spicebox::base
