@@ -7,12 +7,13 @@
 #include <cstdlib>
 
 // Logs the failed condition and a formatted message, then aborts. Active in every build.
-#define SB_ASSERT(cond, ...)                                                     \
-  do {                                                                           \
-    if (!(cond)) [[unlikely]] {                                                  \
+//   SB_ASSERT(n <= MAX, "n = {}", n);   SB_ASSERT(ptr);
+#define SB_ASSERT(cond, ...)                                                           \
+  do {                                                                                 \
+    if (!(cond)) [[unlikely]] {                                                        \
       spdlog::critical("assertion failed at {}:{}: {}: {}", __FILE__, __LINE__, #cond, \
-                       fmt::format(__VA_ARGS__));                                \
-      spdlog::shutdown();                                                        \
-      std::abort();                                                              \
-    }                                                                            \
+                       fmt::format("" __VA_ARGS__));                                   \
+      spdlog::shutdown();                                                              \
+      std::abort();                                                                    \
+    }                                                                                  \
   } while (0)

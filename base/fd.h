@@ -15,7 +15,8 @@ class Fd {
   explicit Fd(int fd) : fd_(fd) {}
   Fd(Fd&& other) noexcept : fd_(other.release()) {}
   Fd& operator=(Fd&& other) noexcept {
-    if (this != &other) reset(other.release());
+    if (this != &other)
+      reset(other.release());
     return *this;
   }
   Fd(const Fd&) = delete;
@@ -31,7 +32,8 @@ class Fd {
   void reset(int fd = -1) {
     int old = std::exchange(fd_, fd);
     // close() is not retried on EINTR: on Linux the descriptor is released either way.
-    if (old >= 0) ::close(old);
+    if (old >= 0)
+      ::close(old);
   }
 
  private:

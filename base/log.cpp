@@ -1,6 +1,5 @@
 #include "base/log.h"
 
-#include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/sinks/base_sink.h>
 #include <unistd.h>
 
@@ -26,8 +25,10 @@ class FdSink : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
     size_t left = formatted.size();
     while (left > 0) {
       ssize_t n = ::write(fd_, p, left);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return;  // A log that cannot be written is dropped; never fatal.
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        return;  // A log that cannot be written is dropped; never fatal.
       p += n;
       left -= static_cast<size_t>(n);
     }
@@ -45,10 +46,20 @@ void initLogging(const std::string& processName, int fd, const std::string& leve
   auto logger = std::make_shared<spdlog::logger>(processName, std::make_shared<FdSink>(fd));
   logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %n[%P] %^%l%$: %v");
   std::string wanted = level;
-  if (const char* env = std::getenv("SPICEBOX_LOG"); wanted.empty() && env) wanted = env;
-  logger->set_level(wanted.empty() ? spdlog::level::info : spdlog::level::from_str(wanted));
+  if (const char* env = std::getenv("SPICEBOX_LOG"); wanted.empty() && env)
+    wanted = env;
+  // spdlog maps any unknown name to "off": a typo must not silence every log line.
+  auto parsed = wanted.empty() ? spdlog::level::info : spdlog::level::from_str(wanted);
+  bool unknown = parsed == spdlog::level::off && wanted != "off";
+  logger->set_level(unknown ? spdlog::level::info : parsed);
   logger->flush_on(spdlog::level::trace);
   spdlog::set_default_logger(std::move(logger));
+  if (unknown) {
+    spdlog::warn(
+        "unknown log level '{}' (SPICEBOX_LOG or --log-level); using info. Levels: trace, "
+        "debug, info, warn, error, critical, off",
+        wanted);
+  }
 }
 
 }  // namespace spicebox::base

@@ -35,7 +35,8 @@ class UvHandle {
   // Closes the handle now (idempotent). Handles never initialised (type still zero) are freed
   // directly.
   void close() {
-    if (!handle_) return;
+    if (!handle_)
+      return;
     T* raw = handle_.release();
     auto* h = reinterpret_cast<uv_handle_t*>(raw);
     if (h->type == UV_UNKNOWN_HANDLE) {

@@ -13,6 +13,7 @@ const protocolVersion :UInt32 = 1;
 struct VmmToBroker {
   union {
     hello @0 :Common.Hello;       # first message; no descriptors
+    pong @1 :Common.Heartbeat;    # answer to the broker's ping; no descriptors
   }
 }
 
@@ -20,5 +21,6 @@ struct VmmToBroker {
 struct BrokerToVmm {
   union {
     hello @0 :Common.Hello;       # answer to the VMM's hello; no descriptors
+    ping @1 :Common.Heartbeat;    # link liveness; no descriptors
   }
 }
