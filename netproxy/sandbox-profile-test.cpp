@@ -1,1 +1,449 @@
-// placeholder: being written
+// The netproxy's sandbox: it serves clients on the sockets it inherited (TCP for remote viewers,
+// unix for local ones), maps display segments read-only, runs its libuv loop and logs; it
+// cannot open files, make or connect sockets, or run programs. Every test runs in a forked
+// child.
+#include "netproxy/sandbox-profile.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <string>
+
+#include "base/fd.h"
+#include "base/log.h"
+#include "sandbox/testing.h"
+
+namespace spicebox::netproxy {
+namespace {
+
+using sandbox::testing::AttackOutcome;
+using sandbox::testing::ChildOutcome;
+using sandbox::testing::runInChild;
+
+constexpr size_t SEGMENT_SIZE = 16384;
+
+// What the child answers a client: a header and a body in one uv_write, as a SPICE message is.
+constexpr char REPLY_HEADER[] = "REDQ";
+constexpr char REPLY_BODY[] = "hello client";
+
+AttackOutcome attackNetproxy(const std::function<void()>& attack, std::vector<int> keepFds = {}) {
+  return sandbox::testing::runAttack(sandboxProfile, std::move(keepFds), attack);
+}
+
+void requireKilled(const AttackOutcome& outcome) {
+  INFO(outcome.child.describe());
+  REQUIRE(outcome.reachedAttack);
+  REQUIRE(outcome.child.killedBy(SIGSYS));
+}
+
+void enterNetproxySandbox(std::vector<int> keepFds) {
+  base::initLogging("netproxy", 2, "warn");
+  sandbox::enter(sandboxProfile(std::move(keepFds)), sandbox::Mode::BestEffort);
+}
+
+// A listening TCP socket on an ephemeral loopback port, as the broker would pass one.
+base::Fd listenTcp(uint16_t& port) {
+  base::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(fd);
+  sockaddr_in address = {};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  REQUIRE(::listen(fd.get(), 4) == 0);
+  socklen_t length = sizeof address;
+  REQUIRE(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&address), &length) == 0);
+  port = ntohs(address.sin_port);
+  return fd;
+}
+
+// A listening unix socket in the abstract namespace (nothing on disk to clean up).
+sockaddr_un localViewerAddress() {
+  sockaddr_un address = {};
+  address.sun_family = AF_UNIX;
+  std::string name = "spicebox-test-netproxy-" + std::to_string(::getpid());
+  std::memcpy(address.sun_path + 1, name.data(), name.size());
+  return address;
+}
+
+base::Fd listenUnix(const sockaddr_un& address) {
+  base::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(fd);
+  REQUIRE(::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+  REQUIRE(::listen(fd.get(), 4) == 0);
+  return fd;
+}
+
+// The client's side: sends 'h', reads everything until the server shuts down.
+std::string talkAsClient(int fd) {
+  timeval timeout = {static_cast<time_t>(sandbox::testing::CHILD_TIMEOUT_SECONDS), 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  REQUIRE(::write(fd, "h", 1) == 1);
+  return sandbox::testing::readAll(fd);
+}
+
+// Serves one client on a libuv stream inside the sandbox: reads 'h', answers header and body in
+// one uv_write, shuts the stream down and closes it. Failures are codes 60..69.
+struct OneClient {
+  uv_write_t write = {};
+  uv_shutdown_t shutdown = {};
+  char readBuffer[16] = {};
+  int failure = 0;
+  bool closed = false;
+
+  static void onRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+    auto* self = static_cast<OneClient*>(stream->data);
+    if (nread == 0)
+      return;  // EAGAIN
+    uv_read_stop(stream);
+    if (nread != 1 || buf->base[0] != 'h') {
+      self->failure = 61;
+      uv_close(reinterpret_cast<uv_handle_t*>(stream), onClose);
+      return;
+    }
+    uv_buf_t reply[2] = {
+        uv_buf_init(const_cast<char*>(REPLY_HEADER), sizeof REPLY_HEADER - 1),
+        uv_buf_init(const_cast<char*>(REPLY_BODY), sizeof REPLY_BODY - 1),
+    };
+    if (uv_write(&self->write, stream, reply, 2, onWritten) != 0) {
+      self->failure = 62;
+      uv_close(reinterpret_cast<uv_handle_t*>(stream), onClose);
+    }
+  }
+
+  static void onWritten(uv_write_t* request, int status) {
+    auto* self = static_cast<OneClient*>(request->handle->data);
+    if (status != 0 || uv_shutdown(&self->shutdown, request->handle, onShutdown) != 0) {
+      self->failure = 63;
+      uv_close(reinterpret_cast<uv_handle_t*>(request->handle), onClose);
+    }
+  }
+
+  static void onShutdown(uv_shutdown_t* request, int status) {
+    auto* self = static_cast<OneClient*>(request->handle->data);
+    if (status != 0)
+      self->failure = 64;
+    uv_close(reinterpret_cast<uv_handle_t*>(request->handle), onClose);
+  }
+
+  static void onClose(uv_handle_t* handle) { static_cast<OneClient*>(handle->data)->closed = true; }
+
+  // Starts serving `stream` (already open); the loop then runs until it is closed.
+  int start(uv_stream_t* stream) {
+    stream->data = this;
+    int r = uv_read_start(
+        stream,
+        [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
+          auto* self = static_cast<OneClient*>(handle->data);
+          *buf = uv_buf_init(self->readBuffer, sizeof self->readBuffer);
+        },
+        onRead);
+    return r == 0 ? 0 : 60;
+  }
+};
+
+// The netproxy's accept path for remote viewers: a uv_poll on the inherited listening socket,
+// accept4, then a uv_tcp stream. Returns 0 or a failure code 50..69.
+int serveOneTcpClient(int listenFd) {
+  struct Acceptor {
+    int listenFd;
+    uv_tcp_t client;
+    OneClient serving;
+    int failure = 0;
+  };
+  uv_loop_t loop;
+  if (uv_loop_init(&loop) != 0)
+    return 50;
+  Acceptor acceptor{listenFd, {}, {}};
+  uv_poll_t listening;
+  if (uv_poll_init(&loop, &listening, listenFd) != 0)
+    return 51;
+  listening.data = &acceptor;
+  int started = uv_poll_start(&listening, UV_READABLE, [](uv_poll_t* poll, int status, int) {
+    auto* a = static_cast<Acceptor*>(poll->data);
+    uv_poll_stop(poll);
+    int fd =
+        status < 0 ? -1 : ::accept4(a->listenFd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      a->failure = 53;
+      return;
+    }
+    if (uv_tcp_init(poll->loop, &a->client) != 0 || uv_tcp_open(&a->client, fd) != 0) {
+      a->failure = 54;
+      ::close(fd);
+      return;
+    }
+    sockaddr_storage address = {};
+    int length = sizeof address;
+    if (uv_tcp_getpeername(&a->client, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      a->failure = 55;
+    }
+    length = sizeof address;
+    if (uv_tcp_getsockname(&a->client, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      a->failure = 56;
+    }
+    if (uv_tcp_nodelay(&a->client, 1) != 0)
+      a->failure = 57;
+    if (int r = a->serving.start(reinterpret_cast<uv_stream_t*>(&a->client)); r != 0) {
+      a->failure = r;
+    }
+  });
+  if (started != 0)
+    return 52;
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_close(reinterpret_cast<uv_handle_t*>(&listening), nullptr);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  if (acceptor.failure != 0)
+    return acceptor.failure;
+  if (acceptor.serving.failure != 0)
+    return acceptor.serving.failure;
+  if (!acceptor.serving.closed)
+    return 58;
+  return uv_loop_close(&loop) == 0 ? 0 : 59;
+}
+
+base::Fd makeSegment(const std::string& content) {
+  base::Fd fd(::memfd_create("test-segment", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  REQUIRE(fd);
+  REQUIRE(::ftruncate(fd.get(), SEGMENT_SIZE) == 0);
+  REQUIRE(::pwrite(fd.get(), content.data(), content.size(), 0) ==
+          static_cast<ssize_t>(content.size()));
+  return fd;
+}
+
+}  // namespace
+
+// --- Ways out: each is killed with SIGSYS. -----------------------------------------------------
+
+TEST_CASE("netproxy: opening a file is killed") {
+  SECTION("glibc open() (openat underneath on x86-64)") {
+    requireKilled(attackNetproxy([] { ::open("/etc/passwd", O_RDONLY); }));
+  }
+  SECTION("openat") {
+    requireKilled(attackNetproxy([] { ::syscall(SYS_openat, AT_FDCWD, "/etc/passwd", O_RDONLY); }));
+  }
+  SECTION("openat for writing, with the flags libuv's refused open uses plus O_WRONLY") {
+    requireKilled(attackNetproxy(
+        [] { ::syscall(SYS_openat, AT_FDCWD, "/tmp/x", O_WRONLY | O_CREAT | O_CLOEXEC, 0600); }));
+  }
+}
+
+TEST_CASE("netproxy: libuv's read-only open of /dev/null fails quietly instead of killing") {
+  // uv__stream_init's EMFILE reserve: the one open the netproxy makes, refused, never run.
+  ChildOutcome outcome = runInChild([] {
+    enterNetproxySandbox({});
+    CHILD_CHECK(::open("/dev/null", O_RDONLY | O_CLOEXEC) == -1 && errno == EACCES, 1);
+    CHILD_CHECK(::open("/", O_RDONLY | O_CLOEXEC) == -1 && errno == EACCES, 2);
+    return 0;
+  });
+  INFO(outcome.describe());
+  REQUIRE(outcome.exitedWith(0));
+}
+
+TEST_CASE("netproxy: executing a program is killed") {
+  requireKilled(attackNetproxy([] {
+    const char* argv[] = {"/bin/true", nullptr};
+    const char* envp[] = {nullptr};
+    ::syscall(SYS_execve, "/bin/true", argv, envp);
+  }));
+}
+
+TEST_CASE("netproxy: making a socket or reaching out is killed") {
+  base::Fd unbound(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(unbound);
+  const int fd = unbound.get();
+  sockaddr_in address = {};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(9);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  SECTION("socket") {
+    requireKilled(attackNetproxy([] { ::syscall(SYS_socket, AF_INET, SOCK_STREAM, 0); }));
+  }
+  SECTION("connect on an inherited socket") {
+    requireKilled(attackNetproxy(
+        [fd, address] { ::syscall(SYS_connect, fd, &address, sizeof address); }, {fd}));
+  }
+  SECTION("bind on an inherited socket") {
+    requireKilled(
+        attackNetproxy([fd, address] { ::syscall(SYS_bind, fd, &address, sizeof address); }, {fd}));
+  }
+  SECTION("listen on an inherited socket") {
+    requireKilled(attackNetproxy([fd] { ::syscall(SYS_listen, fd, 4); }, {fd}));
+  }
+  SECTION("setsockopt other than TCP_NODELAY") {
+    requireKilled(attackNetproxy(
+        [fd] {
+          const char device[] = "lo";
+          ::setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, device, sizeof device);
+        },
+        {fd}));
+  }
+}
+
+// --- The netproxy's work still runs. ----------------------------------------------------------
+
+TEST_CASE("netproxy: strict mode reaches the full level on this host") {
+  ChildOutcome outcome = runInChild([] {
+    base::initLogging("netproxy", 2, "warn");
+    sandbox::Report report = sandbox::enter(sandboxProfile({}), sandbox::Mode::Strict);
+    CHILD_CHECK(report.level == sandbox::Level::Full, 1);
+    return 0;
+  });
+  INFO(outcome.describe());
+  REQUIRE(outcome.exitedWith(0));
+}
+
+TEST_CASE("netproxy: a remote viewer is accepted on the inherited TCP socket and served") {
+  uint16_t port = 0;
+  base::Fd listening = listenTcp(port);
+  std::string received;
+  ChildOutcome outcome = runInChild(
+      [fd = listening.get()] {
+        enterNetproxySandbox({fd});
+        return serveOneTcpClient(fd);
+      },
+      [&](pid_t) {
+        base::Fd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_in address = {};
+        address.sin_family = AF_INET;
+        address.sin_port = htons(port);
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(client.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) ==
+                0);
+        received = talkAsClient(client.get());
+      });
+  INFO(outcome.describe());
+  REQUIRE(outcome.exitedWith(0));
+  CHECK(received == std::string(REPLY_HEADER) + REPLY_BODY);
+}
+
+TEST_CASE("netproxy: a local viewer is accepted on the unix socket, with its credentials") {
+  const sockaddr_un address = localViewerAddress();
+  base::Fd listening = listenUnix(address);
+  const pid_t viewerPid = ::getpid();  // the test process plays the viewer
+  const uid_t viewerUid = ::getuid();
+  std::string received;
+  ChildOutcome outcome = runInChild(
+      [fd = listening.get(), viewerPid, viewerUid] {
+        enterNetproxySandbox({fd});
+        int client = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        CHILD_CHECK(client >= 0, 1);
+        ucred credentials = {};
+        socklen_t length = sizeof credentials;
+        CHILD_CHECK(::getsockopt(client, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0, 2);
+        CHILD_CHECK(credentials.pid == viewerPid && credentials.uid == viewerUid, 3);
+
+        uv_loop_t loop;
+        CHILD_CHECK(uv_loop_init(&loop) == 0, 4);
+        uv_pipe_t pipe;
+        CHILD_CHECK(uv_pipe_init(&loop, &pipe, 0) == 0, 5);
+        CHILD_CHECK(uv_pipe_open(&pipe, client) == 0, 6);
+        OneClient serving;
+        CHILD_CHECK(serving.start(reinterpret_cast<uv_stream_t*>(&pipe)) == 0, 7);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        CHILD_CHECK(serving.failure == 0 && serving.closed, 8);
+        CHILD_CHECK(uv_loop_close(&loop) == 0, 9);
+        return 0;
+      },
+      [&](pid_t) {
+        base::Fd viewer(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        REQUIRE(::connect(viewer.get(), reinterpret_cast<const sockaddr*>(&address),
+                          sizeof address) == 0);
+        received = talkAsClient(viewer.get());
+      });
+  INFO(outcome.describe());
+  REQUIRE(outcome.exitedWith(0));
+  CHECK(received == std::string(REPLY_HEADER) + REPLY_BODY);
+}
+
+TEST_CASE("netproxy: a display segment passed read-only is mapped read-only, never writable") {
+  base::Fd segment = makeSegment("the picture");
+  // The broker's way to hand out a read-only descriptor (DESIGN.md, invariant 5).
+  base::Fd readOnly(
+      ::open(("/proc/self/fd/" + std::to_string(segment.get())).c_str(), O_RDONLY | O_CLOEXEC));
+  REQUIRE(readOnly);
+  ChildOutcome outcome = runInChild([fd = readOnly.get()] {
+    enterNetproxySandbox({fd});
+    void* mapped = ::mmap(nullptr, SEGMENT_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+    CHILD_CHECK(mapped != MAP_FAILED, 1);
+    CHILD_CHECK(std::memcmp(mapped, "the picture", 11) == 0, 2);
+    // The kernel, not the filter, refuses a writable shared mapping of a read-only descriptor.
+    void* writable = ::mmap(nullptr, SEGMENT_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    CHILD_CHECK(writable == MAP_FAILED && errno == EACCES, 3);
+    CHILD_CHECK(::munmap(mapped, SEGMENT_SIZE) == 0, 4);
+    return 0;
+  });
+  INFO(outcome.describe());
+  REQUIRE(outcome.exitedWith(0));
+}
+
+TEST_CASE("netproxy: a libuv loop with a timer and a poll on the broker socket runs") {
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == 0);
+  base::Fd parentEnd(fds[0]);
+  base::Fd childEnd(fds[1]);
+  ChildOutcome outcome = runInChild(
+      [fd = childEnd.get()] {
+        enterNetproxySandbox({fd});
+        return sandbox::testing::exerciseEventLoop(fd);
+      },
+      [&](pid_t) {
+        childEnd.reset();
+        CHECK(sandbox::testing::pingEventLoop(parentEnd.get()));
+      });
+  INFO(outcome.describe());
+  REQUIRE(outcome.exitedWith(0));
+}
+
+TEST_CASE("netproxy: the heap grows, large blocks are reallocated, memory is given back") {
+  ChildOutcome outcome = runInChild([] {
+    enterNetproxySandbox({});
+    return sandbox::testing::exerciseMemory();
+  });
+  INFO(outcome.describe());
+  REQUIRE(outcome.exitedWith(0));
+}
+
+TEST_CASE("netproxy: logging through the descriptor the broker passed works") {
+  int logPipe[2];
+  REQUIRE(::pipe2(logPipe, O_CLOEXEC) == 0);
+  base::Fd logRead(logPipe[0]);
+  base::Fd logWrite(logPipe[1]);
+  ChildOutcome outcome = runInChild([fd = logWrite.get()] {
+    base::initLogging("netproxy", fd, "info");
+    sandbox::enter(sandboxProfile({fd}), sandbox::Mode::BestEffort);
+    spdlog::info("client {} connected", 1);
+    return 0;
+  });
+  logWrite.reset();
+  std::string log = sandbox::testing::readAll(logRead.get());
+  INFO(outcome.describe());
+  INFO(log);
+  REQUIRE(outcome.exitedWith(0));
+  CHECK(log.find("netproxy[") != std::string::npos);
+  CHECK(log.find("sandbox level full") != std::string::npos);
+  CHECK(log.find("client 1 connected") != std::string::npos);
+}
+
+TEST_CASE("netproxy: the seccomp filter matches the reviewed allowlist") {
+  const std::vector<std::string> allowed = sandbox::allowedSyscalls(sandboxProfile({}));
+  const std::vector<std::string> reviewed =
+      sandbox::testing::reviewedAllowlist(SPICEBOX_NETPROXY_ALLOWLIST);
+  const std::string difference = sandbox::testing::allowlistDifference(allowed, reviewed);
+  INFO("reviewed list: " SPICEBOX_NETPROXY_ALLOWLIST);
+  INFO(difference);
+  CHECK(difference.empty());
+}
+
+}  // namespace spicebox::netproxy
