@@ -1,0 +1,118 @@
+// Runs in: broker. Starts one child process (renderer or netproxy) with fork + exec, keeps it
+// alive: restarts it with exponential backoff when it dies, kills and replaces it when it stops
+// answering heartbeats, gives up loudly when it keeps failing before it ever reports ready.
+// Input: the child's messages, through its ChildPeer (assumed compromised).
+#pragma once
+
+#include <sys/types.h>
+#include <uv.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/fd.h"
+#include "base/uv-handle.h"
+#include "broker/peer-child.h"
+#include "ipc/channel.h"
+#include "sandbox/sandbox.h"
+
+namespace spicebox::broker {
+
+using Millis = std::chrono::milliseconds;
+
+// How a child is kept alive. Defaults suit production; tests shorten them.
+struct SupervisionPolicy {
+  Millis heartbeatInterval{1000};  // between pings
+  Millis heartbeatTimeout{3000};   // no pong for this long: the child is hung, kill it
+  Millis startTimeout{10000};      // no hello this long after exec: a failed start
+  Millis restartDelayMin{50};      // first restart delay; doubles per death...
+  Millis restartDelayMax{5000};    // ...up to this
+  Millis healthyAfter{10000};      // ready this long: the backoff starts over
+  int maxStartupFailures = 5;      // consecutive deaths before ready: give up
+  Millis stopGrace{2000};          // SIGTERM, then SIGKILL after this long
+};
+
+// How a child is started.
+struct ChildSpec {
+  std::string binary;             // absolute path of the executable
+  std::vector<std::string> args;  // arguments after argv[0]
+};
+
+// What a child looks like from outside, for status reports.
+enum class ChildState { Starting, Ready, WaitingRestart, Stopping, Stopped, GaveUp };
+const char* toString(ChildState state);
+
+class Child {
+ public:
+  // Called on every state change (status reporting), and when the child was given up on.
+  struct Events {
+    std::function<void()> onStateChange;
+    std::function<void(const std::string& why)> onGaveUp;
+  };
+
+  Child(uv_loop_t* loop, std::unique_ptr<ChildPeer> peer, ChildSpec spec, SupervisionPolicy policy,
+        Events events);
+  ~Child();
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  // Starts the first incarnation.
+  void start();
+  // Stops for good: SIGTERM, SIGKILL after the grace period; `done` runs once no process is left.
+  void stop(std::function<void()> done);
+  // SIGKILL now (second Ctrl-C); the exit is still reaped and `done` of stop() still runs.
+  void killNow();
+
+  const char* name() const { return peer_->name(); }
+  ChildState state() const { return state_; }
+  pid_t pid() const { return pid_; }
+  int restarts() const { return restarts_; }
+  sandbox::Level sandboxLevel() const { return sandboxLevel_; }
+  // One line for logs and sd_notify STATUS, e.g. "renderer ready (pid 12, sandbox full, 3
+  // restarts)".
+  std::string describe() const;
+
+ private:
+  void spawn();
+  void onExited();
+  void scheduleRestart(const std::string& why, bool startupFailure);
+  void onHeartbeatTick();
+  ipc::Channel::Verdict onMessage(capnp::MessageReader& message, ipc::ReceivedFds& fds);
+  void onChannelClosed(const std::string& reason);
+  void killChild(const std::string& why);
+  void setState(ChildState state);
+
+  uv_loop_t* loop_;
+  std::unique_ptr<ChildPeer> peer_;
+  ChildSpec spec_;
+  SupervisionPolicy policy_;
+  Events events_;
+
+  ChildState state_ = ChildState::Stopped;
+  pid_t pid_ = -1;
+  base::Fd pidfd_;                      // readable when the process exits
+  base::UvHandle<uv_poll_t> exitPoll_;  // watches pidfd_
+  std::unique_ptr<ipc::Channel> channel_;
+  base::UvHandle<uv_timer_t> heartbeatTimer_;  // also the start timeout before hello
+  base::UvHandle<uv_timer_t> restartTimer_;
+  base::UvHandle<uv_timer_t> stopTimer_;
+  std::function<void()> stopDone_;
+
+  uint64_t pingSeq_ = 0;
+  uint64_t lastPongSeq_ = 0;
+  std::chrono::steady_clock::time_point spawnedAt_;
+  std::chrono::steady_clock::time_point readyAt_;
+  std::chrono::steady_clock::time_point lastPongAt_;
+  bool readyThisRun_ = false;
+  int startupFailures_ = 0;  // consecutive deaths before ready
+  int recentDeaths_ = 0;     // deaths since the child was last healthy for healthyAfter
+  int restarts_ = 0;
+  sandbox::Level sandboxLevel_ = sandbox::Level::Off;
+  std::string lastExit_;  // "killed by SIGKILL", "exited with status 1"
+};
+
+}  // namespace spicebox::broker

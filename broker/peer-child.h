@@ -1,0 +1,100 @@
+// Runs in: broker. Input: messages from a child process (renderer or netproxy), which is assumed
+// compromised. The part of each child boundary that every child shares: the versioned hello and
+// the heartbeat. What a child may send depends on its state (OpenSSH's permit table); anything
+// else is fatal for the child, which the broker then kills and restarts.
+#pragma once
+
+#include <capnp/message.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ipc/channel.h"
+#include "ipc/common.capnp.h"
+#include "sandbox/sandbox.h"
+
+namespace spicebox::broker {
+
+// What a child told the broker in its hello, checked.
+struct ChildHelloInfo {
+  sandbox::Level sandboxLevel = sandbox::Level::Off;
+  std::vector<std::string> sandboxMissing;
+};
+
+// Longest text and most entries accepted in ChildHello.sandboxMissing (see common.capnp).
+inline constexpr size_t MAX_SANDBOX_MISSING_ENTRIES = 16;
+inline constexpr size_t MAX_SANDBOX_MISSING_TEXT = 128;
+
+// The boundary-specific half: one implementation per schema (peer-renderer.cpp,
+// peer-netproxy.cpp). It builds the broker's messages and decodes the child's into the events
+// below; the supervisor (children.h) owns the state and the permit table.
+class ChildPeer {
+ public:
+  // A child message, decoded and range-checked, or the reason it is refused.
+  struct Decoded {
+    enum class Kind { Hello, Pong, Refused } kind = Kind::Refused;
+    ChildHelloInfo hello;  // Kind::Hello
+    uint64_t seq = 0;      // Kind::Pong
+    std::string refusal;   // Kind::Refused
+  };
+
+  virtual ~ChildPeer() = default;
+  virtual const char* name() const = 0;  // "renderer", "netproxy": also the binary's suffix
+  virtual bool sendHello(ipc::Channel& channel) = 0;
+  virtual bool sendPing(ipc::Channel& channel, uint64_t seq) = 0;
+  virtual Decoded decode(capnp::MessageReader& message, ipc::ReceivedFds& fds) = 0;
+};
+
+// Checks a ChildHello common to every boundary: version and sandbox report.
+ChildPeer::Decoded decodeChildHello(ipc::ChildHello::Reader hello, uint32_t expectedVersion);
+
+}  // namespace spicebox::broker
+
+namespace spicebox::broker {
+
+// The shared hello/heartbeat for a boundary whose schemas have the union members `hello` and
+// `ping` (broker to child) and `hello` and `pong` (child to broker). ToChild / FromChild are the
+// generated struct types; `Version` is the schema's protocolVersion constant.
+template <typename ToChild, typename FromChild, uint32_t Version>
+class HeartbeatPeer : public ChildPeer {
+ public:
+  explicit HeartbeatPeer(const char* name) : name_(name) {}
+  const char* name() const override { return name_; }
+
+  bool sendHello(ipc::Channel& channel) override {
+    capnp::MallocMessageBuilder message;
+    message.initRoot<ToChild>().initHello().setProtocolVersion(Version);
+    return channel.send(message);
+  }
+
+  bool sendPing(ipc::Channel& channel, uint64_t seq) override {
+    capnp::MallocMessageBuilder message;
+    message.initRoot<ToChild>().initPing().setSeq(seq);
+    return channel.send(message);
+  }
+
+  Decoded decode(capnp::MessageReader& message, ipc::ReceivedFds&) override {
+    // No message of this boundary carries descriptors yet: any attached are left untaken, and the
+    // channel refuses the message for it.
+    auto root = message.getRoot<FromChild>();
+    switch (root.which()) {
+      case FromChild::HELLO:
+        return decodeChildHello(root.getHello(), Version);
+      case FromChild::PONG: {
+        Decoded d;
+        d.kind = Decoded::Kind::Pong;
+        d.seq = root.getPong().getSeq();
+        return d;
+      }
+    }
+    Decoded d;
+    d.refusal = "unknown message type " + std::to_string(static_cast<unsigned>(root.which()));
+    return d;
+  }
+
+ private:
+  const char* name_;
+};
+
+}  // namespace spicebox::broker
