@@ -198,23 +198,6 @@ std::optional<int> BrokerProcess::waitForExit(std::chrono::milliseconds timeout)
   }
 }
 
-std::string listFds(pid_t pid) {
-  std::string path = "/proc/" + std::to_string(pid) + "/fd";
-  std::string out;
-  DIR* d = ::opendir(path.c_str());
-  if (!d)
-    return out;
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] == '.')
-      continue;
-    char target[256] = {};
-    auto n = ::readlink((path + "/" + e->d_name).c_str(), target, sizeof target - 1);
-    out += std::string(e->d_name) + " -> " + (n > 0 ? target : "?") + "\n";
-  }
-  ::closedir(d);
-  return out;
-}
-
 namespace {
 
 // Inodes of the unix datagram sockets in `pid`'s network namespace (/proc/PID/net/unix, type
@@ -236,27 +219,43 @@ std::set<std::string> unixDatagramInodes(pid_t pid) {
   return inodes;
 }
 
-}  // namespace
-
-int countFds(pid_t pid) {
+// Each descriptor of `pid` with what it points to ("socket:[1234]", "/dev/null").
+std::vector<std::pair<std::string, std::string>> descriptors(pid_t pid) {
   std::string path = "/proc/" + std::to_string(pid) + "/fd";
+  std::vector<std::pair<std::string, std::string>> out;
   DIR* d = ::opendir(path.c_str());
   if (!d)
-    return -1;
-  auto notifySockets = unixDatagramInodes(pid);
-  int n = 0;
+    return out;
   while (dirent* e = ::readdir(d)) {
     if (e->d_name[0] == '.')
       continue;
     char target[256] = {};
     auto len = ::readlink((path + "/" + e->d_name).c_str(), target, sizeof target - 1);
-    std::string t(target, len > 0 ? static_cast<size_t>(len) : 0);
-    if (t.rfind("socket:[", 0) == 0 && notifySockets.count(t.substr(8, t.size() - 9)))
-      continue;
-    ++n;
+    out.emplace_back(e->d_name, len > 0 ? std::string(target, static_cast<size_t>(len)) : "?");
   }
   ::closedir(d);
+  return out;
+}
+
+}  // namespace
+
+int countFds(pid_t pid) {
+  auto notifySockets = unixDatagramInodes(pid);
+  int n = 0;
+  for (const auto& [fd, target] : descriptors(pid)) {
+    bool notify = target.rfind("socket:[", 0) == 0 &&
+                  notifySockets.count(target.substr(8, target.size() - 9));
+    if (!notify)
+      ++n;
+  }
   return n;
+}
+
+std::string listFds(pid_t pid) {
+  std::string out;
+  for (const auto& [fd, target] : descriptors(pid))
+    out += fd + " -> " + target + "\n";
+  return out;
 }
 
 std::vector<pid_t> childrenOf(pid_t parent) {
