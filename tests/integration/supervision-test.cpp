@@ -197,3 +197,38 @@ TEST_CASE("the broker refuses bad configuration with a clear message", "[supervi
   CHECK(WEXITSTATUS(*status) != 0);
   CHECK(mode.stderrText().find("--sandbox") != std::string::npos);
 }
+
+TEST_CASE("a child that sends what its state does not permit is killed and replaced",
+          "[supervision]") {
+  // The renderer is assumed compromised when the broker reads it (DESIGN.md, boundary 7).
+  auto dir =
+      std::filesystem::temp_directory_path() / ("spicebox-misbehave-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto realDir = std::filesystem::path(SPICEBOX_BROKER_PATH).parent_path();
+  std::filesystem::create_symlink(SPICEBOX_MISBEHAVING_CHILD_PATH, dir / "spicebox-renderer");
+  std::filesystem::create_symlink(realDir / "spicebox-netproxy", dir / "spicebox-netproxy");
+
+  const std::pair<const char*, const char*> cases[] = {
+      {"second-hello", "a second hello"},
+      {"unsent-pong", "a heartbeat answer for ping 999, which was not the next one sent"},
+      {"garbage", "malformed message"},
+      {"descriptor", "1 descriptors the message does not use"},
+  };
+  for (auto [mode, reason] : cases) {
+    SECTION(mode) {
+      ::setenv("SPICEBOX_TEST_MISBEHAVE", mode, 1);
+      BrokerProcess broker(FAST, dir.string());
+      ::unsetenv("SPICEBOX_TEST_MISBEHAVE");
+      // Each incarnation says hello (ready), misbehaves, and is killed: restarts keep coming.
+      auto restarted =
+          broker.waitForStatus([](const BrokerStatus& s) { return s.renderer.restarts >= 2; }, 10s);
+      std::string log = broker.stderrText();
+      INFO(log);
+      REQUIRE(restarted);
+      CHECK(log.find("its channel closed: ") != std::string::npos);
+      CHECK(log.find(reason) != std::string::npos);
+      CHECK(restarted->netproxy.restarts == 0);  // the other child is not disturbed
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
