@@ -16,6 +16,7 @@ Broker::Broker(Config config) : config_(std::move(config)) {
 }
 
 Broker::~Broker() {
+  vmm_.reset();
   renderer_.reset();
   netproxy_.reset();
   sigterm_.close();
@@ -52,6 +53,15 @@ int Broker::run() {
       .onStateChange = [this] { reportStatus(); },
       .onGaveUp = [this](const std::string&) { shutdown(1); },
   };
+  // Before the children start: a socket path that cannot be used ends the broker at once.
+  if (!config_.vmmSocket.empty()) {
+    vmm_ =
+        std::make_unique<VmmLink>(&loop_, config_.vmmSocket,
+                                  VmmLink::Events{
+                                      .onLinked = [this] { reportStatus(); },
+                                      .onUnlinked = [this](const std::string&) { reportStatus(); },
+                                  });
+  }
   renderer_ = std::make_unique<Child>(&loop_, makeRendererPeer(), childSpec("renderer"),
                                       config_.supervision, events);
   netproxy_ = std::make_unique<Child>(&loop_, makeNetproxyPeer(), childSpec("netproxy"),
@@ -89,6 +99,7 @@ void Broker::shutdown(int exitStatus) {
 
 void Broker::finish() {
   // No child process is left. Closing the last handles lets uv_run() return.
+  vmm_.reset();  // the VMM sees its connection end
   sigterm_.close();
   sigint_.close();
   uv_stop(&loop_);
@@ -96,6 +107,8 @@ void Broker::finish() {
 
 void Broker::reportStatus() {
   std::string status = renderer_->describe() + "; " + netproxy_->describe();
+  if (vmm_)
+    status += "; " + vmm_->describe();
   if (status == lastStatus_)
     return;
   lastStatus_ = status;

@@ -9,6 +9,7 @@
 
 #include "base/uv-handle.h"
 #include "broker/children.h"
+#include "broker/vmm-link.h"
 #include "sandbox/sandbox.h"
 
 namespace spicebox::broker {
@@ -18,6 +19,7 @@ struct Config {
   std::string libexecDir;  // where spicebox-renderer and spicebox-netproxy are
   std::string logLevel;    // passed on to the children
   SupervisionPolicy supervision;
+  std::string vmmSocket;  // --vmm-socket: where a VMM links (qxl-link); empty: no VMM listener
 };
 
 class Broker {
@@ -46,6 +48,7 @@ class Broker {
   base::UvHandle<uv_signal_t> sigint_;
   std::unique_ptr<Child> renderer_;
   std::unique_ptr<Child> netproxy_;
+  std::unique_ptr<VmmLink> vmm_;  // with --vmm-socket only
   bool shuttingDown_ = false;
   bool notifiedReady_ = false;
   int exitStatus_ = 0;

@@ -44,6 +44,9 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", config.logLevel,
                  "trace, debug, info, warn or error (default: info, or $SPICEBOX_LOG)")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  app.add_option("--vmm-socket", config.vmmSocket,
+                 "Listen for a VMM (qxl-link, docs/protocol.md) on this unix socket path, created "
+                 "with mode 0600; a stale socket there is replaced");
   auto* tuning = app.add_option_group("Supervision", "How children are kept alive (milliseconds)");
   tuning->add_option("--heartbeat-interval", heartbeatInterval, "Between heartbeats")
       ->check(CLI::Range(10L, 60000L))

@@ -1,0 +1,562 @@
+// Tests for broker/vmm-link.h. A real VmmLink listens on a real unix socket; the fake VMM on the
+// other end is an ipc::Channel on the same libuv loop, sending hand-built qxl-link messages and
+// descriptors. Every test runs the loop until the awaited event (no sleeps) and checks that the
+// process holds exactly the descriptors it held before. Hostile cases are named after the attack.
+#include "broker/vmm-link.h"
+
+#include <capnp/message.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <spice/qxl_dev.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/fd.h"
+#include "base/uv-handle.h"
+#include "ipc/channel.h"
+#include "ipc/vmm.capnp.h"
+
+namespace {
+
+using namespace spicebox;
+using broker::VmmLink;
+using ipc::vmm::BrokerToVmm;
+using ipc::vmm::VmmToBroker;
+
+// How long the loop may wait for an awaited event before the test fails instead of hanging.
+constexpr uint64_t WATCHDOG_MS = 10000;
+
+constexpr uint64_t ROM_SIZE = 8192;
+constexpr uint64_t RAM_SIZE = 1024 * 1024;
+constexpr uint64_t VRAM_SIZE = 256 * 1024;
+
+size_t countOpenFds() {
+  DIR* dir = ::opendir("/proc/self/fd");
+  REQUIRE(dir != nullptr);
+  size_t n = 0;
+  while (dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] != '.')
+      ++n;
+  }
+  ::closedir(dir);
+  return n - 1;  // the directory's own descriptor
+}
+
+// A libuv loop for one test; see ipc/channel-test.cpp.
+class TestLoop {
+ public:
+  TestLoop() { REQUIRE(uv_loop_init(&loop_) == 0); }
+  ~TestLoop() {
+    for (int i = 0; i < 4 && uv_loop_alive(&loop_); ++i)
+      uv_run(&loop_, UV_RUN_NOWAIT);
+    CHECK(uv_loop_close(&loop_) == 0);
+  }
+  TestLoop(const TestLoop&) = delete;
+  TestLoop& operator=(const TestLoop&) = delete;
+
+  uv_loop_t* get() { return &loop_; }
+
+  // Runs the loop until `done` holds; fails if the loop runs dry or WATCHDOG_MS pass first.
+  void runUntil(const std::function<bool()>& done) {
+    bool expired = false;
+    base::UvHandle<uv_timer_t> watchdog;
+    uv_timer_init(&loop_, watchdog.get());
+    watchdog->data = &expired;
+    uv_timer_start(
+        watchdog.get(), [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; }, WATCHDOG_MS, 0);
+    uv_unref(watchdog.handle());
+    while (!done()) {
+      REQUIRE_FALSE(expired);
+      bool alive = uv_run(&loop_, UV_RUN_ONCE) != 0;
+      if (!done() && !alive)
+        FAIL("the loop ran out of work before the awaited event");
+    }
+  }
+
+ private:
+  uv_loop_t loop_;
+};
+
+// The first uv_loop_init of a process opens libuv's signal lock pipe, kept until exit: made once
+// before any count so it is not mistaken for a leak.
+void initLibuvGlobals() {
+  static const bool done = [] {
+    uv_loop_t loop;
+    REQUIRE(uv_loop_init(&loop) == 0);
+    REQUIRE(uv_loop_close(&loop) == 0);
+    return true;
+  }();
+  (void)done;
+}
+
+// A temporary directory holding the socket path, removed afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/spicebox-vmm-link-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    ::unlink((path_ + "/vmm.sock").c_str());
+    ::rmdir(path_.c_str());
+  }
+  std::string socketPath() const { return path_ + "/vmm.sock"; }
+
+ private:
+  std::string path_;
+};
+
+// The link under test and what it reported.
+struct LinkUnderTest {
+  LinkUnderTest(uv_loop_t* loop, const std::string& path)
+      : link(loop, path,
+             VmmLink::Events{
+                 .onLinked = [this] { ++linkedEvents; },
+                 .onUnlinked =
+                     [this](const std::string& why) {
+                       ++unlinkedEvents;
+                       lastReason = why;
+                     },
+             }) {}
+  int linkedEvents = 0;
+  int unlinkedEvents = 0;
+  std::string lastReason;
+  VmmLink link;
+};
+
+// The fake VMM: a client socket with a Channel on the test loop.
+struct FakeVmm {
+  FakeVmm(uv_loop_t* loop, const std::string& path) {
+    base::Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    REQUIRE(fd);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    REQUIRE(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    channel = std::make_unique<ipc::Channel>(
+        loop, std::move(fd), "fake-vmm",
+        [this](capnp::MessageReader& message, ipc::ReceivedFds&) -> ipc::Channel::Verdict {
+          auto root = message.getRoot<BrokerToVmm>();
+          switch (root.which()) {
+            case BrokerToVmm::HELLO:
+              helloVersion = root.getHello().getProtocolVersion();
+              break;
+            case BrokerToVmm::IO_COMPLETE:
+              completions.push_back(root.getIoComplete().getPort());
+              break;
+            default:
+              break;
+          }
+          return std::nullopt;
+        },
+        [this](const std::string& why) { closeReason = why; });
+  }
+
+  void sendHello(uint32_t version = ipc::vmm::PROTOCOL_VERSION) {
+    capnp::MallocMessageBuilder message;
+    message.initRoot<VmmToBroker>().initHello().setProtocolVersion(version);
+    REQUIRE(channel->send(message));
+  }
+  void sendLink(uint64_t rom, uint64_t ram, uint64_t vram, const std::vector<int>& fds) {
+    capnp::MallocMessageBuilder message;
+    auto link = message.initRoot<VmmToBroker>().initLink();
+    link.setRomSize(rom);
+    link.setRamSize(ram);
+    link.setVramSize(vram);
+    REQUIRE(channel->send(message, fds));
+  }
+  void sendIoWrite(uint8_t port, uint8_t value, bool async) {
+    capnp::MallocMessageBuilder message;
+    auto io = message.initRoot<VmmToBroker>().initIoWrite();
+    io.setPort(port);
+    io.setValue(value);
+    io.setAsync(async);
+    REQUIRE(channel->send(message));
+  }
+  bool closed() const { return closeReason.has_value(); }
+
+  std::optional<uint32_t> helloVersion;
+  std::vector<unsigned> completions;
+  std::optional<std::string> closeReason;
+  std::unique_ptr<ipc::Channel> channel;
+};
+
+base::Fd makeBarMemfd(uint64_t size, unsigned seals = F_SEAL_SHRINK) {
+  base::Fd fd(::memfd_create("test-bar", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  REQUIRE(fd);
+  REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(size)) == 0);
+  if (seals)
+    REQUIRE(::fcntl(fd.get(), F_ADD_SEALS, seals) == 0);
+  return fd;
+}
+
+base::Fd makeEventFd() {
+  base::Fd fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  REQUIRE(fd);
+  return fd;
+}
+
+// The six descriptors of a correct link; tests replace one to make it wrong.
+struct LinkFds {
+  std::vector<base::Fd> fds;
+  LinkFds() {
+    fds.push_back(makeBarMemfd(ROM_SIZE));
+    fds.push_back(makeBarMemfd(RAM_SIZE));
+    fds.push_back(makeBarMemfd(VRAM_SIZE));
+    for (int i = 0; i < 3; ++i)
+      fds.push_back(makeEventFd());
+  }
+  std::vector<int> raw() const {
+    std::vector<int> out;
+    for (const auto& fd : fds)
+      out.push_back(fd.get());
+    return out;
+  }
+};
+
+// Runs `body` with a fresh loop, a link listening in a fresh directory, then checks no
+// descriptor was leaked.
+template <typename Body>
+void withLink(Body body) {
+  initLibuvGlobals();
+  const size_t before = countOpenFds();
+  {
+    TempDir dir;
+    TestLoop loop;
+    {
+      LinkUnderTest link(loop.get(), dir.socketPath());
+      body(loop, link, dir.socketPath());
+    }
+  }
+  CHECK(countOpenFds() == before);
+}
+
+// Connects, says hello, sends the link, and waits until the broker accepted or refused it.
+void linkAndWait(TestLoop& loop, LinkUnderTest& t, FakeVmm& vmm, const std::vector<int>& fds,
+                 uint64_t rom = ROM_SIZE, uint64_t ram = RAM_SIZE, uint64_t vram = VRAM_SIZE) {
+  const int linked = t.linkedEvents, unlinked = t.unlinkedEvents;
+  vmm.sendHello();
+  vmm.sendLink(rom, ram, vram, fds);
+  loop.runUntil([&] { return t.linkedEvents > linked || t.unlinkedEvents > unlinked; });
+}
+
+// Expects the link to be refused with `fragment` in the reason, and the VMM's connection closed.
+void expectRefused(TestLoop& loop, LinkUnderTest& t, FakeVmm& vmm, const std::string& fragment) {
+  loop.runUntil([&] { return t.unlinkedEvents == 1 && vmm.closed(); });
+  CHECK(t.linkedEvents == 0);
+  CHECK_FALSE(t.link.linked());
+  CHECK(t.link.bars() == nullptr);
+  INFO("reason: " << t.lastReason);
+  CHECK(t.lastReason.find(fragment) != std::string::npos);
+}
+
+TEST_CASE("good-link: BARs mapped shared, hello answered", "[vmm-link]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    REQUIRE(t.link.linked());
+    loop.runUntil([&] { return vmm.helloVersion.has_value(); });
+    CHECK(*vmm.helloVersion == ipc::vmm::PROTOCOL_VERSION);
+    CHECK(t.link.stats().links == 1);
+    CHECK(t.link.describe() == "vmm linked (ram 1 MiB, vram 256 KiB)");
+
+    const broker::QxlBars* bars = t.link.bars();
+    REQUIRE(bars != nullptr);
+    REQUIRE(bars->rom.size() == ROM_SIZE);
+    REQUIRE(bars->ram.size() == RAM_SIZE);
+    REQUIRE(bars->vram.size() == VRAM_SIZE);
+    // The VMM writes through its own mapping; the broker reads it through the link's, and back.
+    auto* ram = static_cast<uint8_t*>(
+        ::mmap(nullptr, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fds.fds[1].get(), 0));
+    REQUIRE(ram != MAP_FAILED);
+    std::memcpy(ram + RAM_SIZE - 4, "QXRA", 4);
+    CHECK(std::memcmp(bars->ram.bytes().data() + RAM_SIZE - 4, "QXRA", 4) == 0);
+    bars->ram.bytes()[0] = 0x5a;
+    CHECK(ram[0] == 0x5a);
+    ::munmap(ram, RAM_SIZE);
+  });
+}
+
+TEST_CASE("unsealed-ram-memfd: refused, VMM told to seal", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    fds.fds[1] = makeBarMemfd(RAM_SIZE, 0);
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    expectRefused(loop, t, vmm,
+                  "RAM BAR memfd is not sealed against shrinking (F_SEAL_SHRINK); the VMM must "
+                  "seal BAR memfds before handing them over");
+  });
+}
+
+TEST_CASE("memfd-without-sealing: MFD_ALLOW_SEALING missing, refused", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    base::Fd plain(::memfd_create("no-sealing", MFD_CLOEXEC));
+    REQUIRE(::ftruncate(plain.get(), VRAM_SIZE) == 0);
+    fds.fds[2] = std::move(plain);
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    expectRefused(loop, t, vmm,
+                  "VRAM BAR memfd is not sealed against shrinking (F_SEAL_SHRINK) and can no "
+                  "longer be");
+  });
+}
+
+TEST_CASE("bar-shorter-than-announced: refused", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    fds.fds[1] = makeBarMemfd(RAM_SIZE / 2);
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    expectRefused(loop, t, vmm,
+                  "RAM BAR memfd holds 524288 bytes, less than the 1048576 announced");
+  });
+}
+
+TEST_CASE("announced-size-over-cap: refused before any descriptor is used", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw(), ROM_SIZE, RAM_SIZE, broker::MAX_VRAM_BYTES + 4096);
+    expectRefused(loop, t, vmm, "VRAM BAR announced size 1073745920 bytes is outside");
+  });
+}
+
+TEST_CASE("announced-size-zero-or-unaligned: refused", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    SECTION("zero") {
+      FakeVmm vmm(loop.get(), path);
+      linkAndWait(loop, t, vmm, fds.raw(), 0, RAM_SIZE, VRAM_SIZE);
+      expectRefused(loop, t, vmm, "ROM BAR announced size is 0");
+    }
+    SECTION("unaligned") {
+      FakeVmm vmm(loop.get(), path);
+      linkAndWait(loop, t, vmm, fds.raw(), ROM_SIZE, RAM_SIZE - 1, VRAM_SIZE);
+      expectRefused(loop, t, vmm, "not a multiple of the page size");
+    }
+  });
+}
+
+TEST_CASE("pipe-in-bar-slot: refused as not a memfd", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    int p[2];
+    REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+    fds.fds[0] = base::Fd(p[0]);
+    base::Fd writeEnd(p[1]);
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    expectRefused(loop, t, vmm, "ROM BAR (descriptor 0) is a pipe, not a memfd");
+  });
+}
+
+TEST_CASE("memfd-in-eventfd-slot: refused as not an eventfd", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    fds.fds[5] = makeBarMemfd(4096);
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    expectRefused(loop, t, vmm, "interrupt (descriptor 5) is /memfd:test-bar");
+  });
+}
+
+TEST_CASE("same-memfd-for-two-bars: refused", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    std::vector<int> raw = fds.raw();
+    raw[2] = raw[1];  // RAM passed again as VRAM (RAM is the larger, so the size check passes)
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, raw);
+    expectRefused(loop, t, vmm, "the RAM and VRAM BARs are the same memfd");
+  });
+}
+
+TEST_CASE("missing-descriptors: five of six, refused", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    std::vector<int> raw = fds.raw();
+    raw.pop_back();
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, raw);
+    expectRefused(loop, t, vmm, "link carries 5 descriptors, 6 are required");
+  });
+}
+
+TEST_CASE("link-before-hello: refused", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    FakeVmm vmm(loop.get(), path);
+    vmm.sendLink(ROM_SIZE, RAM_SIZE, VRAM_SIZE, fds.raw());
+    expectRefused(loop, t, vmm, "link before hello");
+  });
+}
+
+TEST_CASE("hello-wrong-version: refused", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    FakeVmm vmm(loop.get(), path);
+    vmm.sendHello(ipc::vmm::PROTOCOL_VERSION + 1);
+    expectRefused(loop, t, vmm, "VMM speaks qxl-link protocol version 2");
+  });
+}
+
+TEST_CASE("io-write-before-link: refused", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    FakeVmm vmm(loop.get(), path);
+    vmm.sendHello();
+    vmm.sendIoWrite(QXL_IO_NOTIFY_CMD, 0, false);
+    expectRefused(loop, t, vmm, "ioWrite before link");
+  });
+}
+
+TEST_CASE("second-link-on-one-connection: refused, BARs unmapped", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds first, second;
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, first.raw());
+    REQUIRE(t.link.linked());
+    vmm.sendLink(ROM_SIZE, RAM_SIZE, VRAM_SIZE, second.raw());
+    loop.runUntil([&] { return t.unlinkedEvents == 1 && vmm.closed(); });
+    CHECK_FALSE(t.link.linked());
+    CHECK(t.lastReason.find("link sent twice") != std::string::npos);
+  });
+}
+
+TEST_CASE("vmm-hang-up-then-relink: accepted again", "[vmm-link]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    {
+      LinkFds fds;
+      FakeVmm vmm(loop.get(), path);
+      linkAndWait(loop, t, vmm, fds.raw());
+      REQUIRE(t.link.linked());
+    }  // the VMM goes away: its socket closes
+    loop.runUntil([&] { return t.unlinkedEvents == 1; });
+    CHECK_FALSE(t.link.linked());
+    CHECK(t.link.describe() == "vmm not linked");
+    LinkFds fds;
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    CHECK(t.link.linked());
+    CHECK(t.linkedEvents == 2);
+    CHECK(t.link.stats().links == 2);
+  });
+}
+
+TEST_CASE("second-vmm-while-linked: refused, first stays linked", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    FakeVmm first(loop.get(), path);
+    linkAndWait(loop, t, first, fds.raw());
+    REQUIRE(t.link.linked());
+    FakeVmm second(loop.get(), path);
+    second.sendHello();
+    loop.runUntil([&] { return second.closed(); });
+    CHECK(t.link.stats().refusedConnections == 1);
+    CHECK(t.link.linked());
+    CHECK_FALSE(first.closed());
+    // The first still works.
+    first.sendIoWrite(QXL_IO_UPDATE_AREA_ASYNC, 0, true);
+    loop.runUntil([&] { return first.completions.size() == 1; });
+  });
+}
+
+TEST_CASE("async-io-write: acked with ioComplete, in order", "[vmm-link]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    REQUIRE(t.link.linked());
+    vmm.sendIoWrite(QXL_IO_MEMSLOT_ADD_ASYNC, 1, true);
+    vmm.sendIoWrite(QXL_IO_NOTIFY_CMD, 0, false);  // synchronous: no answer
+    vmm.sendIoWrite(QXL_IO_CREATE_PRIMARY_ASYNC, 0, true);
+    loop.runUntil([&] { return vmm.completions.size() == 2; });
+    CHECK(vmm.completions ==
+          std::vector<unsigned>{QXL_IO_MEMSLOT_ADD_ASYNC, QXL_IO_CREATE_PRIMARY_ASYNC});
+    CHECK(t.link.stats().ioWrites == 3);
+    CHECK(t.link.linked());
+  });
+}
+
+TEST_CASE("unknown-io-port: counted and ignored, async still acked", "[vmm-link][hostile]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    REQUIRE(t.link.linked());
+    vmm.sendIoWrite(QXL_IO_RANGE_SIZE, 0, false);
+    vmm.sendIoWrite(200, 7, true);
+    loop.runUntil([&] { return vmm.completions.size() == 1; });
+    CHECK(vmm.completions[0] == 200);
+    CHECK(t.link.stats().unknownIoPorts == 2);
+    CHECK(t.link.stats().ioWrites == 0);
+    CHECK(t.link.linked());
+    CHECK_FALSE(vmm.closed());
+  });
+}
+
+TEST_CASE("socket-file: mode 0600, stale socket replaced, other files refused", "[vmm-link]") {
+  initLibuvGlobals();
+  const size_t before = countOpenFds();
+  {
+    TempDir dir;
+    TestLoop loop;
+    const std::string path = dir.socketPath();
+    {
+      LinkUnderTest t(loop.get(), path);
+      struct stat st;
+      REQUIRE(::lstat(path.c_str(), &st) == 0);
+      CHECK(S_ISSOCK(st.st_mode));
+      CHECK((st.st_mode & 0777) == 0600);
+    }
+    struct stat st;
+    CHECK(::lstat(path.c_str(), &st) != 0);  // removed on destruction
+
+    {
+      // A stale socket (bound, nobody listening) is replaced.
+      base::Fd stale(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+      REQUIRE(::bind(stale.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+      stale.reset();
+      LinkUnderTest t(loop.get(), path);
+      FakeVmm vmm(loop.get(), path);
+      LinkFds fds;
+      linkAndWait(loop, t, vmm, fds.raw());
+      CHECK(t.link.linked());
+    }
+
+    {
+      // A regular file is somebody's: left alone, with an error that says so.
+      base::Fd file(::open(path.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
+      REQUIRE(file);
+      try {
+        LinkUnderTest t(loop.get(), path);
+        FAIL("a regular file was replaced");
+      } catch (const std::runtime_error& e) {
+        CHECK(std::string(e.what()).find("exists and is a regular file, not a socket") !=
+              std::string::npos);
+      }
+      REQUIRE(::lstat(path.c_str(), &st) == 0);
+      CHECK(S_ISREG(st.st_mode));
+    }
+  }
+  CHECK(countOpenFds() == before);
+}
+
+}  // namespace
