@@ -674,8 +674,9 @@ struct RecordReader::Parser {
     return true;
   }
 
-  // The chunk list of one QXLDataChunk chain; returns the joined bytes.
-  bool chunks(std::string_view prefix, std::vector<uint8_t>& out, uint32_t* chunkCount,
+  // The chunk list of one QXLDataChunk chain; returns the joined bytes and,
+  // when there was more than one chunk, each chunk's size in `chunkSizes`.
+  bool chunks(std::string_view prefix, std::vector<uint8_t>& out, std::vector<uint32_t>& chunkSizes,
               std::optional<uint64_t> expectedTotal) {
     Num n[2];
     uint64_t lineOffset = r.offset_;
@@ -704,9 +705,15 @@ struct RecordReader::Parser {
       return false;
     }
     size_t start = out.size();
+    chunkSizes.clear();
     for (uint64_t i = 0; i <= n[0].magnitude; ++i) {
+      size_t before = out.size();
       if (!binary(prefix, out, std::nullopt, total - (out.size() - start))) {
         return false;
+      }
+      if (n[0].magnitude > 0) {
+        // At most MAX_BINARY_BYTES, so it fits QXLDataChunk's 32-bit data_size.
+        chunkSizes.push_back(static_cast<uint32_t>(out.size() - before));
       }
       if (out.size() - start > total) {
         return fail(RecordErrorKind::SizeMismatch, "chunks of \"" + std::string(prefix) +
@@ -718,9 +725,6 @@ struct RecordReader::Parser {
       return fail(RecordErrorKind::SizeMismatch, "chunks of \"" + std::string(prefix) + "\" hold " +
                                                      std::to_string(out.size() - start) +
                                                      " bytes, declared " + std::to_string(total));
-    }
-    if (chunkCount) {
-      *chunkCount = static_cast<uint32_t>(n[0].magnitude + 1);
     }
     return true;
   }
@@ -767,7 +771,11 @@ struct RecordReader::Parser {
       bm.chunkCount = 1;
       return binary("image_data_flat", bm.data, size);
     }
-    return chunks("bitmap.data", bm.data, &bm.chunkCount, size);
+    if (!chunks("bitmap.data", bm.data, bm.chunkSizes, size)) {
+      return false;
+    }
+    bm.chunkCount = bm.chunkSizes.empty() ? 1 : static_cast<uint32_t>(bm.chunkSizes.size());
+    return true;
   }
 
   bool image(std::optional<Image>& out) {
@@ -794,7 +802,8 @@ struct RecordReader::Parser {
         if (!field("quic.data_size", dataSize)) {
           return false;
         }
-        return chunks("quic.data", img.payload.emplace<QuicImage>().data, nullptr, dataSize);
+        auto& quic = img.payload.emplace<QuicImage>();
+        return chunks("quic.data", quic.data, quic.chunkSizes, dataSize);
       }
       default:
         // spice-server aborts on any other type, so it never reaches a file.
@@ -835,7 +844,7 @@ struct RecordReader::Parser {
       return false;
     }
     std::vector<uint8_t> data;
-    if (!chunks("clip_rects", data, nullptr, uint64_t{count} * QXL_RECT_BYTES)) {
+    if (!chunks("clip_rects", data, c.chunkSizes, uint64_t{count} * QXL_RECT_BYTES)) {
       return false;
     }
     c.rects.resize(count);
@@ -848,9 +857,9 @@ struct RecordReader::Parser {
     return true;
   }
 
-  bool path(std::vector<PathSegment>& segs) {
+  bool path(std::vector<PathSegment>& segs, std::vector<uint32_t>& chunkSizes) {
     std::vector<uint8_t> data;
-    if (!chunks("path", data, nullptr, std::nullopt)) {
+    if (!chunks("path", data, chunkSizes, std::nullopt)) {
       return false;
     }
     size_t at = 0;
@@ -941,7 +950,7 @@ struct RecordReader::Parser {
       }
       case 10: {
         auto& p = d.payload.emplace<Stroke>();
-        if (!path(p.path) || !field("attr.flags", p.attrFlags)) {
+        if (!path(p.path, p.pathChunkSizes) || !field("attr.flags", p.attrFlags)) {
           return false;
         }
         if (p.attrFlags & LINE_STYLED) {
@@ -962,7 +971,8 @@ struct RecordReader::Parser {
         auto& p = d.payload.emplace<Text>();
         uint32_t dataSize;
         return field("data_size", dataSize) && field("length", p.str.length) &&
-               field("flags", p.str.flags) && chunks("string", p.str.data, nullptr, dataSize) &&
+               field("flags", p.str.flags) &&
+               chunks("string", p.str.data, p.str.chunkSizes, dataSize) &&
                rect("rect back_area", p.backArea) && brush(p.foreBrush) && brush(p.backBrush) &&
                field("fore_mode", p.foreMode) && field("back_mode", p.backMode);
       }
@@ -1070,7 +1080,7 @@ struct RecordReader::Parser {
         return field("header.unique", sh.unique) && field("header.type", sh.type) &&
                field("header.width", sh.width) && field("header.height", sh.height) &&
                field("header.hot_spot_x", sh.hotSpotX) && field("header.hot_spot_y", sh.hotSpotY) &&
-               field("data_size", dataSize) && chunks("cursor", sh.data, nullptr, dataSize);
+               field("data_size", dataSize) && chunks("cursor", sh.data, sh.chunkSizes, dataSize);
       }
       case CURSOR_MOVE:
         return point16(c.position);

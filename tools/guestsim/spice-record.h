@@ -101,14 +101,17 @@ struct Rect {
 };
 struct Point {
   int32_t x = 0, y = 0;
+  bool operator==(const Point&) const = default;
 };
 struct Point16 {
   int16_t x = 0, y = 0;
+  bool operator==(const Point16&) const = default;
 };
 
 struct Palette {
   uint64_t unique = 0;
   std::vector<uint32_t> entries;  // at most MAX_PALETTE_ENTRIES
+  bool operator==(const Palette&) const = default;
 };
 
 struct Bitmap {
@@ -119,12 +122,21 @@ struct Bitmap {
   std::optional<Palette> palette;
   uint32_t chunkCount = 1;    // how many QXLDataChunks carried the data
   std::vector<uint8_t> data;  // y * stride bytes, checked
+  // Sizes of the QXLDataChunks the data arrived in, when more than one;
+  // empty means one chunk. Kept so a writer can reproduce the file.
+  std::vector<uint32_t> chunkSizes;
+  bool operator==(const Bitmap&) const = default;
 };
 struct SurfaceImage {
   uint32_t surfaceId = 0;
+  bool operator==(const SurfaceImage&) const = default;
 };
 struct QuicImage {
   std::vector<uint8_t> data;  // quic.data_size bytes, checked
+  // Sizes of the QXLDataChunks the data arrived in, when more than one;
+  // empty means one chunk. Kept so a writer can reproduce the file.
+  std::vector<uint32_t> chunkSizes;
+  bool operator==(const QuicImage&) const = default;
 };
 
 struct Image {
@@ -133,6 +145,7 @@ struct Image {
   uint8_t flags = 0;  // QXL_IMAGE_*
   uint32_t width = 0, height = 0;
   std::variant<Bitmap, SurfaceImage, QuicImage> payload;
+  bool operator==(const Image&) const = default;
 };
 
 struct Brush {
@@ -140,25 +153,34 @@ struct Brush {
   uint32_t color = 0;            // SOLID
   std::optional<Image> pattern;  // PATTERN (may be absent: "image 0")
   Point patternPos;              // PATTERN
+  bool operator==(const Brush&) const = default;
 };
 
 struct QMask {
   uint8_t flags = 0;
   Point pos;
   std::optional<Image> bitmap;
+  bool operator==(const QMask&) const = default;
 };
 
 struct Clip {
   uint32_t type = 0;        // SPICE_CLIP_TYPE_*
   std::vector<Rect> rects;  // RECTS only
+  // Sizes of the QXLDataChunks the data arrived in, when more than one;
+  // empty means one chunk. Kept so a writer can reproduce the file.
+  std::vector<uint32_t> chunkSizes;
+  bool operator==(const Clip&) const = default;
 };
 
 // Payloads, one per QXL_DRAW_* value. The variant index equals the type.
-struct DrawNop {};
+struct DrawNop {
+  bool operator==(const DrawNop&) const = default;
+};
 struct Fill {
   Brush brush;
   uint16_t ropDescriptor = 0;
   QMask mask;
+  bool operator==(const Fill&) const = default;
 };
 struct Opaque {
   std::optional<Image> srcBitmap;
@@ -167,6 +189,7 @@ struct Opaque {
   uint16_t ropDescriptor = 0;
   uint8_t scaleMode = 0;
   QMask mask;
+  bool operator==(const Opaque&) const = default;
 };
 struct Copy {
   std::optional<Image> srcBitmap;
@@ -174,9 +197,11 @@ struct Copy {
   uint16_t ropDescriptor = 0;
   uint8_t scaleMode = 0;
   QMask mask;
+  bool operator==(const Copy&) const = default;
 };
 struct CopyBits {
   Point srcPos;
+  bool operator==(const CopyBits&) const = default;
 };
 struct Blend {
   std::optional<Image> srcBitmap;
@@ -184,15 +209,19 @@ struct Blend {
   uint16_t ropDescriptor = 0;
   uint8_t scaleMode = 0;
   QMask mask;
+  bool operator==(const Blend&) const = default;
 };
 struct Blackness {
   QMask mask;
+  bool operator==(const Blackness&) const = default;
 };
 struct Whiteness {
   QMask mask;
+  bool operator==(const Whiteness&) const = default;
 };
 struct Invers {
   QMask mask;
+  bool operator==(const Invers&) const = default;
 };
 struct Rop3 {
   std::optional<Image> srcBitmap;
@@ -201,17 +230,23 @@ struct Rop3 {
   uint8_t rop3 = 0;
   uint8_t scaleMode = 0;
   QMask mask;
+  bool operator==(const Rop3&) const = default;
 };
 struct PathSegment {
   uint32_t flags = 0;         // SPICE_PATH_*
   std::vector<Point> points;  // 28.4 fixed point, as QXLPointFix
+  bool operator==(const PathSegment&) const = default;
 };
 struct Stroke {
   std::vector<PathSegment> path;
+  // Chunk sizes of the serialised path, as for Bitmap::chunkSizes; a
+  // chunk boundary may fall inside a segment.
+  std::vector<uint32_t> pathChunkSizes;
   uint8_t attrFlags = 0;       // SPICE_LINE_FLAGS_*
   std::vector<int32_t> style;  // STYLED only: style_nseg 28.4 values
   Brush brush;
   uint16_t foreMode = 0, backMode = 0;
+  bool operator==(const Stroke&) const = default;
 };
 struct QxlString {
   uint16_t length = 0;  // glyph count
@@ -219,23 +254,30 @@ struct QxlString {
   // Raster glyphs exactly as recorded (data_size bytes, checked).
   // TODO(cleanup): split into glyphs once a consumer needs them.
   std::vector<uint8_t> data;
+  // Sizes of the QXLDataChunks the data arrived in, when more than one;
+  // empty means one chunk. Kept so a writer can reproduce the file.
+  std::vector<uint32_t> chunkSizes;
+  bool operator==(const QxlString&) const = default;
 };
 struct Text {
   QxlString str;
   Rect backArea;
   Brush foreBrush, backBrush;
   uint16_t foreMode = 0, backMode = 0;
+  bool operator==(const Text&) const = default;
 };
 struct Transparent {
   std::optional<Image> srcBitmap;
   Rect srcArea;
   uint32_t srcColor = 0, trueColor = 0;
+  bool operator==(const Transparent&) const = default;
 };
 struct AlphaBlend {
   uint16_t alphaFlags = 0;  // not recorded for compat drawables
   uint8_t alpha = 0;
   std::optional<Image> srcBitmap;
   Rect srcArea;
+  bool operator==(const AlphaBlend&) const = default;
 };
 // SpiceTransform: 3x2 matrix of 16.16 fixed point, recorded as 24 raw bytes.
 using Transform = std::array<uint32_t, 6>;
@@ -246,6 +288,7 @@ struct Composite {
   std::optional<Image> mask;
   std::optional<Transform> maskTransform;
   Point16 srcOrigin, maskOrigin;
+  bool operator==(const Composite&) const = default;
 };
 
 using DrawPayload = std::variant<DrawNop, Fill, Opaque, Copy, CopyBits, Blend, Blackness, Whiteness,
@@ -268,16 +311,19 @@ struct Drawable {
   Rect bitmapArea;           // compat only
   uint8_t type = 0;          // QXL_DRAW_*; equals payload.index()
   DrawPayload payload;
+  bool operator==(const Drawable&) const = default;
 };
 
 struct UpdateCmd {
   Rect area;
   uint32_t updateId = 0;
   uint32_t surfaceId = 0;
+  bool operator==(const UpdateCmd&) const = default;
 };
 
 struct MessageCmd {
   std::vector<uint8_t> text;  // guest debug string, no terminator
+  bool operator==(const MessageCmd&) const = default;
 };
 
 struct SurfaceCmd {
@@ -289,6 +335,7 @@ struct SurfaceCmd {
   uint32_t width = 0, height = 0;
   int32_t stride = 0;
   std::vector<uint8_t> data;  // height * |stride| bytes when KEEP_DATA
+  bool operator==(const SurfaceCmd&) const = default;
 };
 
 struct CursorShape {
@@ -297,6 +344,10 @@ struct CursorShape {
   uint16_t width = 0, height = 0;
   uint16_t hotSpotX = 0, hotSpotY = 0;
   std::vector<uint8_t> data;  // data_size bytes, checked
+  // Sizes of the QXLDataChunks the data arrived in, when more than one;
+  // empty means one chunk. Kept so a writer can reproduce the file.
+  std::vector<uint32_t> chunkSizes;
+  bool operator==(const CursorShape&) const = default;
 };
 
 struct CursorCmd {
@@ -305,6 +356,7 @@ struct CursorCmd {
   uint8_t visible = 0;                           // SET
   std::optional<CursorShape> shape;              // SET
   uint16_t trailLength = 0, trailFrequency = 0;  // TRAIL
+  bool operator==(const CursorCmd&) const = default;
 };
 
 enum class CommandType : uint8_t { Draw = 1, Update = 2, Cursor = 3, Message = 4, Surface = 5 };
@@ -312,6 +364,7 @@ enum class CommandType : uint8_t { Draw = 1, Update = 2, Cursor = 3, Message = 4
 struct Command {
   CommandType type = CommandType::Draw;
   std::variant<Drawable, UpdateCmd, CursorCmd, MessageCmd, SurfaceCmd> body;
+  bool operator==(const Command&) const = default;
 };
 
 // spice-server's RED_WORKER_MESSAGE_* values, which the recorder stores as
@@ -372,6 +425,7 @@ struct PrimarySurface {
   uint32_t format = 0;
   uint32_t position = 0, mouseMode = 0, flags = 0, type = 0;
   std::vector<uint8_t> data;  // height * |stride| bytes, or empty
+  bool operator==(const PrimarySurface&) const = default;
 };
 
 struct IoEvent {
@@ -379,6 +433,7 @@ struct IoEvent {
   // CREATE_PRIMARY_SURFACE(_ASYNC) only, and only when spice-server accepted
   // the request: it writes the event line before validating the surface.
   std::optional<PrimarySurface> primary;
+  bool operator==(const IoEvent&) const = default;
 };
 
 struct RecordEvent {
@@ -386,6 +441,7 @@ struct RecordEvent {
   uint64_t timestampNs = 0;  // monotonic clock of the recording host
   uint64_t offset = 0;       // byte offset of the "event" line
   std::variant<Command, IoEvent> body;
+  bool operator==(const RecordEvent&) const = default;
 };
 
 struct EndOfRecording {};
