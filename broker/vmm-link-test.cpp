@@ -3,6 +3,7 @@
 // descriptors. Every test runs the loop until the awaited event (no sleeps) and checks that the
 // process holds exactly the descriptors it held before. Hostile cases are named after the attack.
 #include "broker/vmm-link.h"
+#include "tests/support/test-loop.h"
 
 #include <capnp/message.h>
 #include <dirent.h>
@@ -31,75 +32,16 @@
 namespace {
 
 using namespace spicebox;
+using test::countOpenFds;
+using test::initLibuvGlobals;
+using test::TestLoop;
 using broker::VmmLink;
 using ipc::vmm::BrokerToVmm;
 using ipc::vmm::VmmToBroker;
 
-// How long the loop may wait for an awaited event before the test fails instead of hanging.
-constexpr uint64_t WATCHDOG_MS = 10000;
-
 constexpr uint64_t ROM_SIZE = 8192;
 constexpr uint64_t RAM_SIZE = 1024 * 1024;
 constexpr uint64_t VRAM_SIZE = 256 * 1024;
-
-size_t countOpenFds() {
-  DIR* dir = ::opendir("/proc/self/fd");
-  REQUIRE(dir != nullptr);
-  size_t n = 0;
-  while (dirent* entry = ::readdir(dir)) {
-    if (entry->d_name[0] != '.')
-      ++n;
-  }
-  ::closedir(dir);
-  return n - 1;  // the directory's own descriptor
-}
-
-// A libuv loop for one test; see ipc/channel-test.cpp.
-class TestLoop {
- public:
-  TestLoop() { REQUIRE(uv_loop_init(&loop_) == 0); }
-  ~TestLoop() {
-    for (int i = 0; i < 4 && uv_loop_alive(&loop_); ++i)
-      uv_run(&loop_, UV_RUN_NOWAIT);
-    CHECK(uv_loop_close(&loop_) == 0);
-  }
-  TestLoop(const TestLoop&) = delete;
-  TestLoop& operator=(const TestLoop&) = delete;
-
-  uv_loop_t* get() { return &loop_; }
-
-  // Runs the loop until `done` holds; fails if the loop runs dry or WATCHDOG_MS pass first.
-  void runUntil(const std::function<bool()>& done) {
-    bool expired = false;
-    base::UvHandle<uv_timer_t> watchdog;
-    uv_timer_init(&loop_, watchdog.get());
-    watchdog->data = &expired;
-    uv_timer_start(
-        watchdog.get(), [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; }, WATCHDOG_MS, 0);
-    uv_unref(watchdog.handle());
-    while (!done()) {
-      REQUIRE_FALSE(expired);
-      bool alive = uv_run(&loop_, UV_RUN_ONCE) != 0;
-      if (!done() && !alive)
-        FAIL("the loop ran out of work before the awaited event");
-    }
-  }
-
- private:
-  uv_loop_t loop_;
-};
-
-// The first uv_loop_init of a process opens libuv's signal lock pipe, kept until exit: made once
-// before any count so it is not mistaken for a leak.
-void initLibuvGlobals() {
-  static const bool done = [] {
-    uv_loop_t loop;
-    REQUIRE(uv_loop_init(&loop) == 0);
-    REQUIRE(uv_loop_close(&loop) == 0);
-    return true;
-  }();
-  (void)done;
-}
 
 // A temporary directory holding the socket path, removed afterwards.
 class TempDir {

@@ -3,6 +3,7 @@
 // tool) and hand-built hostile recordings.
 
 #include "tools/guestsim/spice-record.h"
+#include "tests/support/shared-recordings.h"
 
 #include <lzma.h>
 #include <catch2/catch.hpp>
@@ -209,16 +210,6 @@ Stats parseStats(const std::filesystem::path& path) {
 
 const std::filesystem::path RECORDINGS_DIR = SPICEBOX_RECORDINGS_DIR;
 
-bool recordingsPresent() {
-  if (std::filesystem::is_directory(RECORDINGS_DIR)) {
-    return true;
-  }
-  // Catch2 2.x has no SKIP: say it loudly on stdout and in the report.
-  std::cout << "SKIPPED: ../shared/recordings not found (" << RECORDINGS_DIR << ")" << std::endl;
-  WARN("SKIPPED: ../shared/recordings not found (" << RECORDINGS_DIR << ")");
-  return false;
-}
-
 void checkRecording(const std::string& name) {
   auto started = std::chrono::steady_clock::now();
   auto opened = RecordReader::open((RECORDINGS_DIR / (name + ".rec.xz")).string());
@@ -396,7 +387,7 @@ std::string mutate(const std::string& from, const std::string& to) {
 // ---------------------------------------------------------------- tests
 
 TEST_CASE("real-recordings-match-independent-stats", "[spice-record][recordings]") {
-  if (!recordingsPresent()) {
+  if (!test::recordingsPresent(RECORDINGS_DIR)) {
     return;
   }
   auto started = std::chrono::steady_clock::now();
@@ -528,7 +519,7 @@ std::string decodeXz(const std::filesystem::path& path) {
 }
 
 TEST_CASE("truncated-real-recording", "[spice-record][hostile][recordings]") {
-  if (!recordingsPresent()) {
+  if (!test::recordingsPresent(RECORDINGS_DIR)) {
     return;
   }
   std::string full = decodeXz(RECORDINGS_DIR / "windows.rec.xz");

@@ -2,6 +2,7 @@
 // recordings (ground truth, skipped loudly when absent) and trees built here.
 
 #include "tools/guestsim/spice-record-writer.h"
+#include "tests/support/shared-recordings.h"
 
 #include <lzma.h>
 #include <unistd.h>
@@ -21,16 +22,6 @@ namespace spicebox::guestsim {
 namespace {
 
 const std::filesystem::path RECORDINGS_DIR = SPICEBOX_RECORDINGS_DIR;
-
-bool recordingsPresent() {
-  if (std::filesystem::is_directory(RECORDINGS_DIR)) {
-    return true;
-  }
-  // Catch2 2.x has no SKIP: say it loudly on stdout and in the report.
-  std::cout << "SKIPPED: ../shared/recordings not found (" << RECORDINGS_DIR << ")" << std::endl;
-  WARN("SKIPPED: ../shared/recordings not found (" << RECORDINGS_DIR << ")");
-  return false;
-}
 
 std::string decodeXzFile(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -399,7 +390,7 @@ WriteErrorKind writeErrorOf(const Command& cmd) {
 // ---------------------------------------------------------------- tests
 
 TEST_CASE("real-recordings-reserialise-byte-identical", "[spice-record][writer][recordings]") {
-  if (!recordingsPresent()) {
+  if (!test::recordingsPresent(RECORDINGS_DIR)) {
     return;
   }
   SECTION("console") {
