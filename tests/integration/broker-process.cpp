@@ -91,7 +91,7 @@ BrokerProcess::BrokerProcess(std::vector<std::string> args, std::string libexecD
 }
 
 BrokerProcess::~BrokerProcess() {
-  if (!reaped_ && pid_ > 0) {
+  if (!exitStatus_ && pid_ > 0) {
     ::kill(pid_, SIGKILL);
     ::waitpid(pid_, nullptr, 0);
   }
@@ -118,46 +118,53 @@ const std::string& BrokerProcess::stderrText() {
   return stderrText_;
 }
 
-std::optional<BrokerStatus> BrokerProcess::waitForStatus(
-    const std::function<bool(const BrokerStatus&)>& pred, std::chrono::milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
-  if (last_ && pred(*last_))
-    return last_;
+bool BrokerProcess::pumpOnce(Clock::time_point deadline) {
   for (;;) {
     auto left =
         std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     if (left <= 0)
-      return std::nullopt;
-    // The broker's stderr is drained too, so a chatty broker never blocks on a full pipe.
+      return false;
+    // All three are always drained: a full stderr pipe or notification queue would block the
+    // broker (sd_notify() blocks when the socket's queue is full).
     pollfd fds[3] = {
         {notify_.get(), POLLIN, 0}, {stderr_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}};
     int n = ::poll(fds, 3, static_cast<int>(left));
     if (n < 0 && errno == EINTR)
       continue;
     if (n <= 0)
-      return std::nullopt;
+      return false;
     if (fds[1].revents)
       drainStderr();
     if (fds[0].revents & POLLIN) {
       char buf[4096];
       ssize_t len = ::recv(notify_.get(), buf, sizeof buf - 1, 0);
-      if (len <= 0)
-        continue;
-      std::istringstream lines(std::string(buf, static_cast<size_t>(len)));
+      std::istringstream lines(std::string(buf, len > 0 ? static_cast<size_t>(len) : 0));
       std::string line;
       while (std::getline(lines, line)) {
         if (line.rfind("STATUS=", 0) != 0)
           continue;
-        if (auto s = parseStatus(line.substr(7))) {
+        if (auto s = parseStatus(line.substr(7)))
           last_ = s;
-          if (pred(*s))
-            return s;
-        }
       }
-      continue;
     }
-    if (fds[2].revents & POLLIN)
-      return std::nullopt;  // the broker exited
+    if (fds[2].revents & POLLIN) {
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+      exitStatus_ = status;
+      drainStderr();
+    }
+    return true;
+  }
+}
+
+std::optional<BrokerStatus> BrokerProcess::waitForStatus(
+    const std::function<bool(const BrokerStatus&)>& pred, std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  for (;;) {
+    if (last_ && pred(*last_))
+      return last_;
+    if (exitStatus_ || !pumpOnce(deadline))
+      return std::nullopt;
   }
 }
 
@@ -171,31 +178,9 @@ std::optional<BrokerStatus> BrokerProcess::waitForReady(std::chrono::millisecond
 
 std::optional<int> BrokerProcess::waitForExit(std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
-  for (;;) {
-    auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0)
-      return std::nullopt;
-    // Notifications are drained too: sd_notify() blocks the broker when the socket's queue is full.
-    pollfd fds[3] = {
-        {pidfd_.get(), POLLIN, 0}, {stderr_.get(), POLLIN, 0}, {notify_.get(), POLLIN, 0}};
-    int n = ::poll(fds, 3, static_cast<int>(left));
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (fds[1].revents)
-      drainStderr();
-    if (fds[2].revents & POLLIN) {
-      char buf[4096];
-      [[maybe_unused]] auto ignored = ::recv(notify_.get(), buf, sizeof buf, 0);
-    }
-    if (fds[0].revents & POLLIN) {
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-      reaped_ = true;
-      drainStderr();
-      return status;
-    }
+  while (!exitStatus_ && pumpOnce(deadline)) {
   }
+  return exitStatus_;
 }
 
 namespace {

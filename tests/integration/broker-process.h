@@ -53,9 +53,12 @@ class BrokerProcess {
 
  private:
   void drainStderr();
+  // Waits for one event, at most until `deadline`: a notification (STATUS lines update last_),
+  // stderr output, or the broker's exit (reaped into exitStatus_). False when the deadline passed.
+  bool pumpOnce(std::chrono::steady_clock::time_point deadline);
 
   pid_t pid_ = -1;
-  bool reaped_ = false;
+  std::optional<int> exitStatus_;  // wait status, once reaped
   std::string dir_;
   base::Fd notify_;
   base::Fd pidfd_;
