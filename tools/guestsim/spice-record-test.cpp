@@ -494,35 +494,11 @@ TEST_CASE("truncated-file", "[spice-record][hostile]") {
   }
 }
 
-// Decodes a shared recording with liblzma directly (independently of the
-// reader's own xz path) so it can be cut at arbitrary plain-text offsets.
-std::string decodeXz(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::string packed((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  lzma_stream strm = LZMA_STREAM_INIT;
-  REQUIRE(lzma_stream_decoder(&strm, UINT64_MAX, 0) == LZMA_OK);
-  std::string out;
-  strm.next_in = reinterpret_cast<const uint8_t*>(packed.data());
-  strm.avail_in = packed.size();
-  lzma_ret ret = LZMA_OK;
-  while (ret == LZMA_OK) {
-    size_t used = out.size();
-    out.resize(used + (1 << 20));
-    strm.next_out = reinterpret_cast<uint8_t*>(out.data() + used);
-    strm.avail_out = 1 << 20;
-    ret = lzma_code(&strm, LZMA_FINISH);
-    out.resize(out.size() - strm.avail_out);
-  }
-  lzma_end(&strm);
-  REQUIRE(ret == LZMA_STREAM_END);
-  return out;
-}
-
 TEST_CASE("truncated-real-recording", "[spice-record][hostile][recordings]") {
   if (!test::recordingsPresent(RECORDINGS_DIR)) {
     return;
   }
-  std::string full = decodeXz(RECORDINGS_DIR / "windows.rec.xz");
+  std::string full = test::decodeXzFile(RECORDINGS_DIR / "windows.rec.xz");
   // Inside the primary surface's 3 MiB block, inside a "binary" header, and
   // at points that land wherever they land (text lines or bitmap bytes).
   size_t primaryBlock = full.find("binary 0 data 3145728:") + 1000;

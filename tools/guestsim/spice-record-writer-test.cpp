@@ -23,29 +23,6 @@ namespace {
 
 const std::filesystem::path RECORDINGS_DIR = SPICEBOX_RECORDINGS_DIR;
 
-std::string decodeXzFile(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  std::string packed((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  lzma_stream strm = LZMA_STREAM_INIT;
-  REQUIRE(lzma_stream_decoder(&strm, XZ_MEMORY_LIMIT, 0) == LZMA_OK);
-  std::string out;
-  strm.next_in = reinterpret_cast<const uint8_t*>(packed.data());
-  strm.avail_in = packed.size();
-  lzma_ret ret = LZMA_OK;
-  while (ret == LZMA_OK) {
-    out.resize(out.size() + (8 << 20));
-    size_t had = out.size() - (8 << 20);
-    strm.next_out = reinterpret_cast<uint8_t*>(out.data() + had);
-    strm.avail_out = 8 << 20;
-    ret = lzma_code(&strm, LZMA_FINISH);
-    out.resize(out.size() - strm.avail_out);
-  }
-  lzma_end(&strm);
-  REQUIRE(ret == LZMA_STREAM_END);
-  return out;
-}
-
 // A writer into memory; `bytes()` is valid after finish().
 struct MemoryOutput {
   char* data = nullptr;
@@ -108,7 +85,7 @@ size_t firstDifference(const std::string& a, const std::string& b) {
 // decompressed original byte for byte.
 void checkByteIdentical(const std::string& name) {
   auto started = std::chrono::steady_clock::now();
-  std::string original = decodeXzFile(RECORDINGS_DIR / (name + ".rec.xz"));
+  std::string original = test::decodeXzFile(RECORDINGS_DIR / (name + ".rec.xz"));
   auto opened = RecordReader::open((RECORDINGS_DIR / (name + ".rec.xz")).string());
   if (auto* err = std::get_if<RecordError>(&opened)) {
     FAIL(err->toString());
