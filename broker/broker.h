@@ -1,10 +1,15 @@
-// Runs in: broker (privileged). Owns the event loop, the children, and (later) every shared-memory
-// segment and the QXL device model. Parses no draw command and no SPICE message.
+// Runs in: broker (privileged). Owns the event loop, the children, the VMM link and its QXL device
+// model, and (later) every shared-memory segment. Parses no draw command and no SPICE message.
+// Input: the renderer's batchDone answers (assumed compromised: checked against the batches in
+// flight here); everything else arrives checked by VmmLink and the child peers.
 #pragma once
 
 #include <uv.h>
 
+#include <cstdint>
+#include <deque>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "base/uv-handle.h"
@@ -20,7 +25,15 @@ struct Config {
   std::string logLevel;    // passed on to the children
   SupervisionPolicy supervision;
   std::string vmmSocket;  // --vmm-socket: where a VMM links (qxl-link); empty: no VMM listener
+  // --builtin-guest: scenario of the spicebox-guestsim the broker starts as its VMM when there is
+  // no --vmm-socket; "none" disables it.
+  std::string builtinGuest = "desktop";
 };
+
+// Path of the built-in guest's binary for `config`.
+std::string builtinGuestPath(const Config& config);
+// Whether `config` starts the built-in guest.
+bool usesBuiltinGuest(const Config& config);
 
 class Broker {
  public:
@@ -35,20 +48,38 @@ class Broker {
 
  private:
   ChildSpec childSpec(const char* name) const;
+  void startVmm();
   void onSignal(int signum);
   // Stops the children in order (netproxy first: clients stop seeing the display; then the
-  // renderer), then lets the loop end.
+  // renderer, then the built-in guest), then lets the loop end.
   void shutdown(int exitStatus);
   void finish();
   void reportStatus();
+
+  // The device path: VMM link <-> renderer.
+  void onRendererReady();
+  void onLinked();
+  void onUnlinked();
+  // Gives the renderer the guest memory and lets the device resend its state.
+  void connectRendererToDevice();
+  bool sendBatch(uint64_t seq, std::span<const qxl::WorkItem> items);
+  ipc::Channel::Verdict onRendererMessage(const BoundaryMessage& message);
 
   Config config_;
   uv_loop_t loop_{};
   base::UvHandle<uv_signal_t> sigterm_;
   base::UvHandle<uv_signal_t> sigint_;
+  base::UvHandle<uv_timer_t> statusTimer_;  // refreshes STATUS with the device's counters
   std::unique_ptr<Child> renderer_;
   std::unique_ptr<Child> netproxy_;
-  std::unique_ptr<VmmLink> vmm_;  // with --vmm-socket only
+  std::unique_ptr<VmmLink> vmm_;  // with --vmm-socket, or the built-in guest's connection
+  std::unique_ptr<OneShotProcess> builtinGuest_;
+  // Batches sent to the current renderer incarnation and not answered yet, oldest first: the
+  // only seq a batchDone may carry is the front. Cleared when a new incarnation is ready.
+  std::deque<uint64_t> inFlight_;
+  // Batches of a device whose link ended, still in the renderer's queue: their batchDone is
+  // accepted (in order) and ignored.
+  std::deque<uint64_t> orphaned_;
   bool shuttingDown_ = false;
   bool notifiedReady_ = false;
   int exitStatus_ = 0;

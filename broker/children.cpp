@@ -30,6 +30,8 @@ long millisSince(Clock::time_point then) {
   return std::chrono::duration_cast<Millis>(Clock::now() - then).count();
 }
 
+}  // namespace
+
 std::string describeWaitStatus(int status) {
   if (WIFEXITED(status)) {
     int code = WEXITSTATUS(status);
@@ -47,6 +49,8 @@ std::string describeWaitStatus(int status) {
   }
   return "ended with wait status " + std::to_string(status);
 }
+
+namespace {
 
 // The environment a child gets: the broker's, less what belongs to the broker alone (systemd's
 // notification socket and socket activation; a child must not impersonate the service).
@@ -186,6 +190,7 @@ void Child::spawn() {
     execChild(theirs.get(), broker, argv.data(), envp.data());
 
   theirs.reset();
+  killed_ = false;
   pid_ = pid;
   // pidfd: the exit is an event on the loop, with no SIGCHLD handler and no pid reuse race (the
   // child stays a zombie until we reap it).
@@ -219,6 +224,8 @@ void Child::spawn() {
 }
 
 ipc::Channel::Verdict Child::onMessage(capnp::MessageReader& message, ipc::ReceivedFds& fds) {
+  if (killed_)
+    return std::nullopt;  // what a process being killed still had queued is not acted on
   auto decoded = peer_->decode(message, fds);
   using Kind = ChildPeer::Decoded::Kind;
   switch (decoded.kind) {
@@ -242,8 +249,16 @@ ipc::Channel::Verdict Child::onMessage(capnp::MessageReader& message, ipc::Recei
                      sandbox::toString(sandboxLevel_), missing);
       }
       setState(ChildState::Ready);
+      if (events_.onReady)
+        events_.onReady();
       return std::nullopt;
     }
+    case Kind::Boundary:
+      if (state_ != ChildState::Ready)
+        return std::string("a boundary message before its hello");
+      if (!events_.onMessage)
+        return std::string("a message this boundary does not take yet");
+      return events_.onMessage(decoded.boundary);
     case Kind::Pong:
       if (state_ != ChildState::Ready)
         return std::string("a heartbeat answer before its hello");
@@ -282,9 +297,16 @@ void Child::onHeartbeatTick() {
   peer_->sendPing(*channel_, ++pingSeq_);
 }
 
+bool Child::send(capnp::MessageBuilder& message, std::span<const int> fds) {
+  if (state_ != ChildState::Ready || killed_ || !channel_)
+    return false;
+  return channel_->send(message, fds);
+}
+
 void Child::killChild(const std::string& why) {
-  if (pid_ <= 0)
+  if (pid_ <= 0 || killed_)
     return;
+  killed_ = true;
   spdlog::warn("killing {} (pid {}): {}", name(), pid_, why);
   ::kill(pid_, SIGKILL);
   uv_timer_stop(heartbeatTimer_.get());
@@ -375,6 +397,94 @@ void Child::stop(std::function<void()> done) {
 void Child::killNow() {
   if (pid_ > 0)
     ::kill(pid_, SIGKILL);
+}
+
+}  // namespace spicebox::broker
+
+namespace spicebox::broker {
+
+pid_t spawnWithChannel(const std::vector<std::string>& argvIn, int channelFd) {
+  std::vector<std::string> argvStore = argvIn;
+  std::vector<std::string> envStore = childEnvironment();
+  std::vector<char*> argv = pointersTo(argvStore);
+  std::vector<char*> envp = pointersTo(envStore);
+  pid_t broker = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0)
+    base::throwSystemError(errno, "fork", "starting " + argvIn.at(0));
+  if (pid == 0) {
+    // ipc::socketPair makes both ends non-blocking; the helper gets a plain blocking descriptor,
+    // as a program started by hand would. (The broker's end is another socket: unaffected.)
+    int flags = ::fcntl(channelFd, F_GETFL);
+    if (flags != -1)
+      ::fcntl(channelFd, F_SETFL, flags & ~O_NONBLOCK);
+    execChild(channelFd, broker, argv.data(), envp.data());
+  }
+  return pid;
+}
+
+OneShotProcess::OneShotProcess(uv_loop_t* loop, std::string name,
+                               const std::vector<std::string>& argv, int channelFd,
+                               std::function<void()> onExit)
+    : name_(std::move(name)), onExit_(std::move(onExit)) {
+  pid_ = spawnWithChannel(argv, channelFd);
+  pidfd_ = base::Fd(static_cast<int>(SB_SYSCALL(::syscall(SYS_pidfd_open, pid_, 0), "pidfd_open")));
+  uv_poll_init(loop, exitPoll_.get(), pidfd_.get());
+  exitPoll_->data = this;
+  uv_poll_start(exitPoll_.get(), UV_READABLE, [](uv_poll_t* handle, int, int) {
+    if (auto* self = static_cast<OneShotProcess*>(handle->data))
+      self->onExited();
+  });
+  uv_timer_init(loop, stopTimer_.get());
+  stopTimer_->data = this;
+  spdlog::info("started the {} (pid {}): {}", name_, pid_, argv.at(0));
+}
+
+OneShotProcess::~OneShotProcess() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);  // SIGKILL cannot be ignored: this returns at once
+  }
+}
+
+void OneShotProcess::onExited() {
+  int status = 0;
+  if (::waitpid(pid_, &status, WNOHANG) == 0)
+    return;
+  exitPoll_.close();
+  pidfd_.reset();
+  uv_timer_stop(stopTimer_.get());
+  const bool stopping = static_cast<bool>(stopDone_);
+  if (stopping)
+    spdlog::info("the {} (pid {}) stopped: {}", name_, pid_, describeWaitStatus(status));
+  else
+    spdlog::warn("the {} (pid {}) {}; it is not restarted, the broker carries on without it", name_,
+                 pid_, describeWaitStatus(status));
+  pid_ = -1;
+  if (onExit_)
+    onExit_();
+  if (auto done = std::exchange(stopDone_, nullptr))
+    done();
+}
+
+void OneShotProcess::stop(Millis grace, std::function<void()> done) {
+  if (pid_ <= 0) {
+    done();
+    return;
+  }
+  stopDone_ = std::move(done);
+  ::kill(pid_, SIGTERM);
+  uv_timer_start(
+      stopTimer_.get(),
+      [](uv_timer_t* t) {
+        auto* self = static_cast<OneShotProcess*>(t->data);
+        if (self->pid_ > 0) {
+          spdlog::warn("the {} (pid {}) did not stop on SIGTERM; killing it", self->name_,
+                       self->pid_);
+          ::kill(self->pid_, SIGKILL);
+        }
+      },
+      static_cast<uint64_t>(grace.count()), 0);
 }
 
 }  // namespace spicebox::broker

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,12 @@ class Child {
   struct Events {
     std::function<void()> onStateChange;
     std::function<void(const std::string& why)> onGaveUp;
+    // A new incarnation reported ready (after onStateChange): it knows nothing yet.
+    std::function<void()> onReady;
+    // A boundary message from the ready child, decoded by its peer. A returned reason means the
+    // child sent what it may not (the permit table): it is killed and replaced. Unset: every
+    // boundary message is refused.
+    std::function<ipc::Channel::Verdict(const BoundaryMessage& message)> onMessage;
   };
 
   Child(uv_loop_t* loop, std::unique_ptr<ChildPeer> peer, ChildSpec spec, SupervisionPolicy policy,
@@ -66,6 +73,9 @@ class Child {
   void stop(std::function<void()> done);
   // SIGKILL now (second Ctrl-C); the exit is still reaped and `done` of stop() still runs.
   void killNow();
+  // Sends a boundary message to the current incarnation if it is ready (and not being killed).
+  // False when there is none, or the channel failed (the child is then replaced).
+  bool send(capnp::MessageBuilder& message, std::span<const int> fds = {});
 
   const char* name() const { return peer_->name(); }
   ChildState state() const { return state_; }
@@ -108,11 +118,46 @@ class Child {
   std::chrono::steady_clock::time_point readyAt_;
   std::chrono::steady_clock::time_point lastPongAt_;
   bool readyThisRun_ = false;
+  bool killed_ = false;      // SIGKILL sent to this incarnation: nothing more is read or sent
   int startupFailures_ = 0;  // consecutive deaths before ready
   int recentDeaths_ = 0;     // deaths since the child was last healthy for healthyAfter
   int restarts_ = 0;
   sandbox::Level sandboxLevel_ = sandbox::Level::Off;
   std::string lastExit_;  // "killed by SIGKILL", "exited with status 1"
+};
+
+// Starts `argv[0]` with `channelFd` at descriptor 3 (blocking, not close-on-exec), dying with the
+// broker (PR_SET_PDEATHSIG) and in its own process group, like the supervised children. Returns
+// its pid; throws base::SystemError when fork fails.
+pid_t spawnWithChannel(const std::vector<std::string>& argv, int channelFd);
+
+// "exited with status 1", "killed by SIGKILL".
+std::string describeWaitStatus(int status);
+
+// A helper process the broker starts once and does not restart (the built-in guest). Its exit is
+// logged with its status; `onExit` runs then.
+class OneShotProcess {
+ public:
+  OneShotProcess(uv_loop_t* loop, std::string name, const std::vector<std::string>& argv,
+                 int channelFd, std::function<void()> onExit);
+  ~OneShotProcess();  // SIGKILL if still running (PDEATHSIG would too, when the broker exits)
+  OneShotProcess(const OneShotProcess&) = delete;
+  OneShotProcess& operator=(const OneShotProcess&) = delete;
+
+  // SIGTERM, SIGKILL after `grace`; `done` runs once it is reaped (at once if it is gone).
+  void stop(Millis grace, std::function<void()> done);
+  pid_t pid() const { return pid_; }
+
+ private:
+  void onExited();
+
+  std::string name_;
+  pid_t pid_ = -1;
+  base::Fd pidfd_;
+  base::UvHandle<uv_poll_t> exitPoll_;
+  base::UvHandle<uv_timer_t> stopTimer_;
+  std::function<void()> onExit_;
+  std::function<void()> stopDone_;
 };
 
 }  // namespace spicebox::broker

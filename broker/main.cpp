@@ -47,6 +47,10 @@ int main(int argc, char** argv) {
   app.add_option("--vmm-socket", config.vmmSocket,
                  "Listen for a VMM (qxl-link, docs/protocol.md) on this unix socket path, created "
                  "with mode 0600; a stale socket there is replaced");
+  app.add_option("--builtin-guest", config.builtinGuest,
+                 "Without --vmm-socket: start spicebox-guestsim (from --libexec-dir) with this "
+                 "scenario as the VMM, over a private socket; 'none' starts no guest")
+      ->capture_default_str();
   auto* tuning = app.add_option_group("Supervision", "How children are kept alive (milliseconds)");
   tuning->add_option("--heartbeat-interval", heartbeatInterval, "Between heartbeats")
       ->check(CLI::Range(10L, 60000L))
@@ -96,6 +100,16 @@ int main(int argc, char** argv) {
     if (::access(path.c_str(), X_OK) != 0) {
       spdlog::error("cannot run {}: {}. Install spicebox completely or pass --libexec-dir DIR",
                     path, std::strerror(errno));
+      return 2;
+    }
+  }
+  if (broker::usesBuiltinGuest(config)) {
+    std::string path = broker::builtinGuestPath(config);
+    if (::access(path.c_str(), X_OK) != 0) {
+      spdlog::error(
+          "cannot run the built-in guest {}: {}. Install spicebox-guestsim there, pass "
+          "--builtin-guest none to start without a guest, or --vmm-socket PATH to wait for a VMM",
+          path, std::strerror(errno));
       return 2;
     }
   }

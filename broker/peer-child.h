@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "ipc/channel.h"
@@ -26,6 +27,16 @@ struct ChildHelloInfo {
 inline constexpr size_t MAX_SANDBOX_MISSING_ENTRIES = 16;
 inline constexpr size_t MAX_SANDBOX_MISSING_TEXT = 128;
 
+// render.capnp batchDone, decoded (the seq check against the batches in flight is the owner's).
+struct RendererBatchDone {
+  uint64_t seq = 0;
+  uint32_t rejected = 0;
+};
+
+// A boundary message beyond hello and heartbeat, decoded and range-checked by the peer, for the
+// Child's owner to act on. One alternative per message type of each boundary.
+using BoundaryMessage = std::variant<RendererBatchDone>;
+
 // The boundary-specific half: one implementation per schema (peer-renderer.cpp,
 // peer-netproxy.cpp). It builds the broker's messages and decodes the child's into the events
 // below; the supervisor (children.h) owns the state and the permit table.
@@ -33,10 +44,11 @@ class ChildPeer {
  public:
   // A child message, decoded and range-checked, or the reason it is refused.
   struct Decoded {
-    enum class Kind { Hello, Pong, Refused } kind = Kind::Refused;
-    ChildHelloInfo hello;  // Kind::Hello
-    uint64_t seq = 0;      // Kind::Pong
-    std::string refusal;   // Kind::Refused
+    enum class Kind { Hello, Pong, Boundary, Refused } kind = Kind::Refused;
+    ChildHelloInfo hello;      // Kind::Hello
+    uint64_t seq = 0;          // Kind::Pong
+    BoundaryMessage boundary;  // Kind::Boundary: permitted only after hello (children.cpp)
+    std::string refusal;       // Kind::Refused
   };
 
   virtual ~ChildPeer() = default;
@@ -74,7 +86,7 @@ class HeartbeatPeer : public ChildPeer {
     return channel.send(message);
   }
 
-  Decoded decode(capnp::MessageReader& message, ipc::ReceivedFds&) override {
+  Decoded decode(capnp::MessageReader& message, ipc::ReceivedFds& fds) override {
     // No message of this boundary carries descriptors yet: any attached are left untaken, and the
     // channel refuses the message for it.
     auto root = message.getRoot<FromChild>();
@@ -87,7 +99,15 @@ class HeartbeatPeer : public ChildPeer {
         d.seq = root.getPong().getSeq();
         return d;
       }
+      default:
+        break;  // a boundary message: decodeBoundary()
     }
+    return decodeBoundary(root, fds);
+  }
+
+ protected:
+  // The boundary's own messages (everything but hello and pong). Default: none are known.
+  virtual Decoded decodeBoundary(typename FromChild::Reader root, ipc::ReceivedFds&) {
     Decoded d;
     d.refusal = "unknown message type " + std::to_string(static_cast<unsigned>(root.which()));
     return d;

@@ -21,6 +21,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -32,16 +33,19 @@
 namespace {
 
 using namespace spicebox;
-using test::countOpenFds;
-using test::initLibuvGlobals;
-using test::TestLoop;
 using broker::VmmLink;
 using ipc::vmm::BrokerToVmm;
 using ipc::vmm::VmmToBroker;
+using test::countOpenFds;
+using test::initLibuvGlobals;
+using test::TestLoop;
 
 constexpr uint64_t ROM_SIZE = 8192;
 constexpr uint64_t RAM_SIZE = 1024 * 1024;
 constexpr uint64_t VRAM_SIZE = 256 * 1024;
+// Where the fake guest's PCI configuration put the BARs.
+constexpr uint64_t RAM_PHYS = 0xc0000000;
+constexpr uint64_t VRAM_PHYS = 0xc8000000;
 
 // A temporary directory holding the socket path, removed afterwards.
 class TempDir {
@@ -61,7 +65,9 @@ class TempDir {
   std::string path_;
 };
 
-// The link under test and what it reported.
+// The link under test and what it reported. It plays the renderer too: batches are recorded and
+// answered by answerBatches() (called between loop iterations, as the broker answers from the
+// renderer's channel).
 struct LinkUnderTest {
   LinkUnderTest(uv_loop_t* loop, const std::string& path)
       : link(loop, path,
@@ -72,10 +78,29 @@ struct LinkUnderTest {
                        ++unlinkedEvents;
                        lastReason = why;
                      },
+                 .sendBatch =
+                     [this](uint64_t seq, std::span<const spicebox::qxl::WorkItem> items) {
+                       if (!rendererPresent)
+                         return false;
+                       batches.push_back(seq);
+                       items_ += items.size();
+                       return true;
+                     },
              }) {}
+  // Answers every batch received so far, oldest first.
+  void answerBatches() {
+    while (!batches.empty()) {
+      uint64_t seq = batches.front();
+      batches.erase(batches.begin());
+      link.batchDone(seq);
+    }
+  }
   int linkedEvents = 0;
   int unlinkedEvents = 0;
   std::string lastReason;
+  bool rendererPresent = true;
+  std::vector<uint64_t> batches;
+  size_t items_ = 0;
   VmmLink link;
 };
 
@@ -112,12 +137,15 @@ struct FakeVmm {
     message.initRoot<VmmToBroker>().initHello().setProtocolVersion(version);
     REQUIRE(channel->send(message));
   }
-  void sendLink(uint64_t rom, uint64_t ram, uint64_t vram, const std::vector<int>& fds) {
+  void sendLink(uint64_t rom, uint64_t ram, uint64_t vram, const std::vector<int>& fds,
+                uint64_t ramPhys = RAM_PHYS, uint64_t vramPhys = VRAM_PHYS) {
     capnp::MallocMessageBuilder message;
     auto link = message.initRoot<VmmToBroker>().initLink();
     link.setRomSize(rom);
     link.setRamSize(ram);
     link.setVramSize(vram);
+    link.setRamPhysStart(ramPhys);
+    link.setVramPhysStart(vramPhys);
     REQUIRE(channel->send(message, fds));
   }
   void sendIoWrite(uint8_t port, uint8_t value, bool async) {
@@ -188,10 +216,11 @@ void withLink(Body body) {
 
 // Connects, says hello, sends the link, and waits until the broker accepted or refused it.
 void linkAndWait(TestLoop& loop, LinkUnderTest& t, FakeVmm& vmm, const std::vector<int>& fds,
-                 uint64_t rom = ROM_SIZE, uint64_t ram = RAM_SIZE, uint64_t vram = VRAM_SIZE) {
+                 uint64_t rom = ROM_SIZE, uint64_t ram = RAM_SIZE, uint64_t vram = VRAM_SIZE,
+                 uint64_t ramPhys = RAM_PHYS, uint64_t vramPhys = VRAM_PHYS) {
   const int linked = t.linkedEvents, unlinked = t.unlinkedEvents;
   vmm.sendHello();
-  vmm.sendLink(rom, ram, vram, fds);
+  vmm.sendLink(rom, ram, vram, fds, ramPhys, vramPhys);
   loop.runUntil([&] { return t.linkedEvents > linked || t.unlinkedEvents > unlinked; });
 }
 
@@ -214,7 +243,7 @@ TEST_CASE("good-link: BARs mapped shared, hello answered", "[vmm-link]") {
     loop.runUntil([&] { return vmm.helloVersion.has_value(); });
     CHECK(*vmm.helloVersion == ipc::vmm::PROTOCOL_VERSION);
     CHECK(t.link.stats().links == 1);
-    CHECK(t.link.describe() == "vmm linked (ram 1 MiB, vram 256 KiB)");
+    CHECK(t.link.describe() == "vmm linked (ram 1 MiB, vram 256 KiB, 0 commands, 0 released)");
 
     const broker::QxlBars* bars = t.link.bars();
     REQUIRE(bars != nullptr);
@@ -411,9 +440,12 @@ TEST_CASE("second-vmm-while-linked: refused, first stays linked", "[vmm-link][ho
     CHECK(t.link.stats().refusedConnections == 1);
     CHECK(t.link.linked());
     CHECK_FALSE(first.closed());
-    // The first still works.
+    // The first still works (UPDATE_AREA completes once the renderer answered).
     first.sendIoWrite(QXL_IO_UPDATE_AREA_ASYNC, 0, true);
-    loop.runUntil([&] { return first.completions.size() == 1; });
+    loop.runUntil([&] {
+      t.answerBatches();
+      return first.completions.size() == 1;
+    });
   });
 }
 
@@ -423,13 +455,25 @@ TEST_CASE("async-io-write: acked with ioComplete, in order", "[vmm-link]") {
     FakeVmm vmm(loop.get(), path);
     linkAndWait(loop, t, vmm, fds.raw());
     REQUIRE(t.link.linked());
-    vmm.sendIoWrite(QXL_IO_MEMSLOT_ADD_ASYNC, 1, true);
+    // UPDATE_AREA waits for the renderer; the MEMSLOT_ADD after it must not overtake it.
+    t.rendererPresent = false;
+    vmm.sendIoWrite(QXL_IO_UPDATE_AREA_ASYNC, 0, true);
     vmm.sendIoWrite(QXL_IO_NOTIFY_CMD, 0, false);  // synchronous: no answer
-    vmm.sendIoWrite(QXL_IO_CREATE_PRIMARY_ASYNC, 0, true);
-    loop.runUntil([&] { return vmm.completions.size() == 2; });
-    CHECK(vmm.completions ==
-          std::vector<unsigned>{QXL_IO_MEMSLOT_ADD_ASYNC, QXL_IO_CREATE_PRIMARY_ASYNC});
-    CHECK(t.link.stats().ioWrites == 3);
+    vmm.sendIoWrite(QXL_IO_MEMSLOT_ADD_ASYNC, 1, true);
+    vmm.sendIoWrite(QXL_IO_DESTROY_PRIMARY_ASYNC, 0, true);
+    loop.runUntil([&] { return t.link.device()->stats().ioWrites == 4; });
+    loop.spin();
+    CHECK(vmm.completions.empty());
+    t.rendererPresent = true;
+    t.link.rendererAvailable();
+    loop.runUntil([&] {
+      t.answerBatches();
+      return vmm.completions.size() == 3;
+    });
+    CHECK(vmm.completions == std::vector<unsigned>{QXL_IO_UPDATE_AREA_ASYNC,
+                                                   QXL_IO_MEMSLOT_ADD_ASYNC,
+                                                   QXL_IO_DESTROY_PRIMARY_ASYNC});
+    CHECK(t.link.stats().ioWrites == 4);
     CHECK(t.link.linked());
   });
 }
@@ -502,3 +546,79 @@ TEST_CASE("socket-file: mode 0600, stale socket replaced, other files refused", 
 }
 
 }  // namespace
+
+namespace {
+
+// Links with the BARs placed at `ramPhys` / `vramPhys` and expects a refusal mentioning
+// `fragment`.
+void expectLayoutRefused(uint64_t ramPhys, uint64_t vramPhys, const std::string& fragment,
+                         uint64_t vram = VRAM_SIZE) {
+  withLink([&](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw(), ROM_SIZE, RAM_SIZE, vram, ramPhys, vramPhys);
+    expectRefused(loop, t, vmm, fragment);
+  });
+}
+
+}  // namespace
+
+TEST_CASE("bars-overlap-in-guest-physical-space: refused", "[vmm-link][hostile]") {
+  expectLayoutRefused(RAM_PHYS, RAM_PHYS, "overlap");
+  // VRAM starting inside RAM, and RAM starting inside VRAM.
+  expectLayoutRefused(RAM_PHYS, RAM_PHYS + RAM_SIZE - 4096, "overlap");
+  expectLayoutRefused(VRAM_PHYS + 4096, VRAM_PHYS, "overlap");
+  // Zero is an address like any other: RAM at 0 and VRAM right after it is fine (next test).
+}
+
+TEST_CASE("bars-adjacent-in-guest-physical-space: accepted", "[vmm-link]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw(), ROM_SIZE, RAM_SIZE, VRAM_SIZE, 0, RAM_SIZE);
+    CHECK(t.link.linked());
+    CHECK(t.link.layout().vramPhysStart == RAM_SIZE);
+    REQUIRE(t.link.device() != nullptr);
+  });
+}
+
+TEST_CASE("bar-phys-start-unaligned: refused", "[vmm-link][hostile]") {
+  expectLayoutRefused(RAM_PHYS + 1, VRAM_PHYS, "not page aligned");
+  expectLayoutRefused(RAM_PHYS, VRAM_PHYS + 2048, "not page aligned");
+}
+
+TEST_CASE("bar-phys-range-wraps: refused", "[vmm-link][hostile]") {
+  // The last page of the address space holds less than the VRAM BAR.
+  expectLayoutRefused(RAM_PHYS, UINT64_MAX - 4095, "wraps");
+  expectLayoutRefused(UINT64_MAX - 4095, VRAM_PHYS, "wraps");
+}
+
+TEST_CASE("interrupt eventfd: made non-blocking at link", "[vmm-link]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    // The VMM hands over a blocking eventfd; our copy shares its file status flags.
+    fds.fds[broker::LINK_FD_INTERRUPT] = base::Fd(::eventfd(0, EFD_CLOEXEC));
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    REQUIRE(t.link.linked());
+    CHECK((::fcntl(fds.fds[broker::LINK_FD_INTERRUPT].get(), F_GETFL) & O_NONBLOCK) != 0);
+  });
+}
+
+TEST_CASE("device on link: ROM written, renderer given the memslot table", "[vmm-link]") {
+  withLink([](TestLoop& loop, LinkUnderTest& t, const std::string& path) {
+    LinkFds fds;
+    FakeVmm vmm(loop.get(), path);
+    linkAndWait(loop, t, vmm, fds.raw());
+    REQUIRE(t.link.device() != nullptr);
+    // The device wrote its ROM into the VMM's memfd: the guest sees QXL_ROM_MAGIC.
+    uint32_t magic = 0;
+    REQUIRE(::pread(fds.fds[0].get(), &magic, sizeof magic, 0) == sizeof magic);
+    CHECK(magic == QXL_ROM_MAGIC);
+    CHECK(t.link.describe().find("0 commands, 0 released") != std::string::npos);
+    t.link.rendererAvailable();
+    CHECK(t.batches.size() == 1);  // the memslot table, in a batch of its own
+    t.answerBatches();
+    CHECK(t.link.device()->batchesInFlight() == 0);
+  });
+}

@@ -1,6 +1,7 @@
 #include "broker/vmm-link.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -35,6 +36,11 @@ constexpr std::array<const char*, 3> EVENTFD_NAMES = {"command doorbell", "curso
                                                       "interrupt"};
 // What /proc/self/fd/N links to for an eventfd (fs/eventfd.c: anon_inode_getfile("[eventfd]")).
 constexpr std::string_view EVENTFD_LINK = "anon_inode:[eventfd]";
+
+// How often releases that found the guest's release ring full are retried. The guest consumes its
+// release ring without telling the device, so this is polled; the timer runs only while something
+// waits. 5 ms is well below a frame and costs nothing while idle.
+constexpr uint64_t RELEASE_RETRY_MS = 5;
 
 // Pending connections the kernel keeps for us: one VMM is expected; a few more are refused.
 constexpr int LISTEN_BACKLOG = 4;
@@ -221,6 +227,41 @@ const char* qxlIoPortName(unsigned port) {
   return port < IO_PORT_NAMES.size() ? IO_PORT_NAMES[port] : nullptr;
 }
 
+std::optional<std::string> checkLinkLayout(const LinkSizes& sizes) {
+  const std::array<uint64_t, 3> announced = {sizes.rom, sizes.ram, sizes.vram};
+  const std::array<uint64_t, 3> mins = {pageSize(), MIN_RAM_BYTES, pageSize()};
+  const std::array<uint64_t, 3> maxes = {MAX_ROM_BYTES, MAX_RAM_BYTES, MAX_VRAM_BYTES};
+  for (size_t i = 0; i < 3; ++i) {
+    if (auto refusal = checkAnnouncedSize(BAR_NAMES[i], announced[i], mins[i], maxes[i]))
+      return refusal;
+  }
+  // Where the guest placed RAM and VRAM: memslot ranges are checked against these, so they must
+  // be real BAR placements (page aligned, inside the 64-bit space, not on top of each other).
+  const std::array<uint64_t, 2> starts = {sizes.ramPhysStart, sizes.vramPhysStart};
+  const std::array<uint64_t, 2> lengths = {sizes.ram, sizes.vram};
+  for (size_t i = 0; i < 2; ++i) {
+    const char* name = BAR_NAMES[i + 1];
+    if (starts[i] % pageSize() != 0)
+      return fmt::format(
+          "{} BAR guest physical start {:#x} is not page aligned ({} bytes); the VMM must send "
+          "the address the guest's PCI configuration gave the BAR",
+          name, starts[i], pageSize());
+    if (lengths[i] > UINT64_MAX - starts[i])
+      return fmt::format(
+          "{} BAR guest physical range {:#x} + {} bytes wraps past the end of the 64-bit address "
+          "space; the VMM must send the address the guest's PCI configuration gave the BAR",
+          name, starts[i], lengths[i]);
+  }
+  // Both ranges are non-empty and do not wrap: they overlap iff each starts before the other ends.
+  if (sizes.ramPhysStart < sizes.vramPhysStart + sizes.vram &&
+      sizes.vramPhysStart < sizes.ramPhysStart + sizes.ram)
+    return fmt::format(
+        "RAM BAR at guest physical {:#x} ({}) and VRAM BAR at {:#x} ({}) overlap; the VMM must "
+        "send the distinct addresses the guest's PCI configuration gave the two BARs",
+        sizes.ramPhysStart, humanBytes(sizes.ram), sizes.vramPhysStart, humanBytes(sizes.vram));
+  return std::nullopt;
+}
+
 std::variant<std::unique_ptr<QxlBars>, std::string> checkAndMapLink(const LinkSizes& sizes,
                                                                     ipc::ReceivedFds& fds) {
   if (fds.size() < LINK_FD_COUNT)
@@ -229,13 +270,9 @@ std::variant<std::unique_ptr<QxlBars>, std::string> checkAndMapLink(const LinkSi
         "memfds, then the command doorbell, cursor doorbell and interrupt "
         "eventfds, in that order",
         fds.size(), static_cast<size_t>(LINK_FD_COUNT));
+  if (auto refusal = checkLinkLayout(sizes))
+    return *refusal;
   const std::array<uint64_t, 3> announced = {sizes.rom, sizes.ram, sizes.vram};
-  const std::array<uint64_t, 3> mins = {pageSize(), MIN_RAM_BYTES, pageSize()};
-  const std::array<uint64_t, 3> maxes = {MAX_ROM_BYTES, MAX_RAM_BYTES, MAX_VRAM_BYTES};
-  for (size_t i = 0; i < 3; ++i) {
-    if (auto refusal = checkAnnouncedSize(BAR_NAMES[i], announced[i], mins[i], maxes[i]))
-      return *refusal;
-  }
 
   std::array<base::Fd, 3> barFds;
   std::array<struct stat, 3> stats{};
@@ -263,9 +300,18 @@ std::variant<std::unique_ptr<QxlBars>, std::string> checkAndMapLink(const LinkSi
             checkEventFd(EVENTFD_NAMES[i], LINK_FD_COMMAND_DOORBELL + i, eventFds[i].get()))
       return *refusal;
   }
-  // TODO(security): the eventfds' file status flags are shared with the VMM, which can make them
-  // blocking and fill the counter; the device model must write the interrupt eventfd in a way
-  // that cannot block (poll for POLLOUT first, or a writer that tolerates EAGAIN only).
+  // The interrupt is written by the broker's loop, which must never block: non-blocking, and
+  // raiseInterrupt() also polls for POLLOUT first. The flag is shared with the VMM's copy (one
+  // open file description), which is what a VMM that reads it non-blocking wants anyway.
+  // TODO(security): a hostile VMM can clear O_NONBLOCK again and race a full counter in between
+  // our poll and our write; an eventfd offers no per-call MSG_DONTWAIT.
+  {
+    const int fd = eventFds[2].get();
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags == -1 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == -1)
+      return fmt::format("interrupt (descriptor {}): cannot make it non-blocking: {}",
+                         static_cast<size_t>(LINK_FD_INTERRUPT), std::strerror(errno));
+  }
 
   auto bars = std::make_unique<QxlBars>();
   std::array<MappedBar*, 3> mapped = {&bars->rom, &bars->ram, &bars->vram};
@@ -290,10 +336,19 @@ VmmLink::VmmLink(uv_loop_t* loop, std::string socketPath, Events events)
   listen();
 }
 
+VmmLink::VmmLink(uv_loop_t* loop, base::Fd connected, std::string peerName, Events events)
+    : loop_(loop), events_(std::move(events)) {
+  spdlog::info("serving the {} on an inherited connection", peerName);
+  ++stats_.connections;
+  adopt(std::move(connected));
+}
+
 VmmLink::~VmmLink() {
   connection_.reset();  // outside the channel's callbacks: its close handler is cancelled
   listenPoll_.close();
   listenFd_.reset();
+  if (socketPath_.empty())
+    return;  // an adopted connection: no socket file of ours
   struct stat st;
   if (::lstat(socketPath_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == socketDev_ &&
       st.st_ino == socketIno_)
@@ -377,14 +432,19 @@ void VmmLink::onAcceptable() {
     }
     ++stats_.connections;
     spdlog::info("VMM connected (pid {}, uid {})", cred.pid, cred.uid);
-    connection_ = std::make_unique<Connection>();
-    connection_->channel = std::make_unique<ipc::Channel>(
-        loop_, std::move(socket), "vmm",
-        [this](capnp::MessageReader& message, ipc::ReceivedFds& fds) {
-          return onMessage(message, fds);
-        },
-        [this](const std::string& reason) { onClosed(reason); });
+    adopt(std::move(socket));
   }
+}
+
+void VmmLink::adopt(base::Fd socket) {
+  SB_ASSERT(!connection_);
+  connection_ = std::make_unique<Connection>();
+  connection_->channel = std::make_unique<ipc::Channel>(
+      loop_, std::move(socket), "vmm",
+      [this](capnp::MessageReader& message, ipc::ReceivedFds& fds) {
+        return onMessage(message, fds);
+      },
+      [this](const std::string& reason) { onClosed(reason); });
 }
 
 ipc::Channel::Verdict VmmLink::onMessage(capnp::MessageReader& message, ipc::ReceivedFds& fds) {
@@ -433,15 +493,21 @@ ipc::Channel::Verdict VmmLink::onHello(capnp::MessageReader& message) {
 
 ipc::Channel::Verdict VmmLink::onLink(capnp::MessageReader& message, ipc::ReceivedFds& fds) {
   auto link = message.getRoot<VmmToBroker>().getLink();
-  LinkSizes sizes{link.getRomSize(), link.getRamSize(), link.getVramSize()};
+  LinkSizes sizes{link.getRomSize(), link.getRamSize(), link.getVramSize(), link.getRamPhysStart(),
+                  link.getVramPhysStart()};
   auto result = checkAndMapLink(sizes, fds);
   if (auto* refusal = std::get_if<std::string>(&result))
     return "link refused: " + *refusal;
   connection_->bars = std::move(std::get<std::unique_ptr<QxlBars>>(result));
+  connection_->layout = sizes;
+  std::string refusal;
+  if (!startDevice(refusal))
+    return "link refused: " + refusal;
   connection_->phase = Phase::Linked;
   ++stats_.links;
-  spdlog::info("VMM linked: ROM {}, RAM {}, VRAM {}", humanBytes(sizes.rom), humanBytes(sizes.ram),
-               humanBytes(sizes.vram));
+  spdlog::info("VMM linked: ROM {}, RAM {} at {:#x}, VRAM {} at {:#x}", humanBytes(sizes.rom),
+               humanBytes(sizes.ram), sizes.ramPhysStart, humanBytes(sizes.vram),
+               sizes.vramPhysStart);
   if (events_.onLinked)
     events_.onLinked();
   return std::nullopt;
@@ -452,8 +518,7 @@ ipc::Channel::Verdict VmmLink::onIoWrite(capnp::MessageReader& message) {
   const unsigned port = io.getPort();
   if (const char* name = qxlIoPortName(port)) {
     ++stats_.ioWrites;
-    // TODO: the device model (broker/qxl/io-ports) acts on it; for now it is counted.
-    spdlog::debug("VMM ioWrite {} value {}{}", name, io.getValue(),
+    spdlog::trace("VMM ioWrite {} value {}{}", name, io.getValue(),
                   io.getAsync() ? " (async)" : "");
   } else {
     // The guest picks the port, the VMM only forwards it: like a real device (and QEMU's "guest
@@ -463,13 +528,153 @@ ipc::Channel::Verdict VmmLink::onIoWrite(capnp::MessageReader& message) {
       spdlog::warn("guest wrote to IO port {} which is no QXL_IO_* port; ignored ({} so far)", port,
                    n);
   }
-  if (io.getAsync()) {
-    // Answered even for an ignored port: a VMM never waits for a completion that cannot come.
-    capnp::MallocMessageBuilder answer;
-    answer.initRoot<BrokerToVmm>().initIoComplete().setPort(static_cast<uint8_t>(port));
-    connection_->channel->send(answer);
-  }
+  // Every port goes to the device, unknown ones included: completions are the device's, in the
+  // order of the writes, and an async write to an ignored port must still be answered in its
+  // turn (a VMM never waits for a completion that cannot come).
+  if (io.getAsync())
+    connection_->pendingAsync.push_back(static_cast<uint8_t>(port));
+  connection_->device->ioWrite(static_cast<uint8_t>(port), io.getValue(), io.getAsync());
+  armRetry();
   return std::nullopt;
+}
+
+bool VmmLink::startDevice(std::string& refusal) {
+  Connection& c = *connection_;
+  auto asBytes = [](const MappedBar& bar) {
+    auto b = bar.bytes();
+    return std::span<std::byte>(reinterpret_cast<std::byte*>(b.data()), b.size());
+  };
+  qxl::DeviceBars bars{asBytes(c.bars->rom), asBytes(c.bars->ram), asBytes(c.bars->vram),
+                       c.layout.ramPhysStart, c.layout.vramPhysStart};
+  auto created = qxl::Device::create(bars, *this);
+  if (auto* error = std::get_if<qxl::DeviceSetupError>(&created)) {
+    refusal = fmt::format(
+        "the QXL device cannot be set up on these BARs: {}; the VMM must "
+        "announce larger BARs",
+        qxl::describe(*error));
+    return false;
+  }
+  c.device = std::move(std::get<std::unique_ptr<qxl::Device>>(created));
+
+  // Doorbells: the VMM's ioeventfds, readable when the guest wrote QXL_IO_NOTIFY_CMD / _CURSOR.
+  // uv_poll_init makes them non-blocking; a VMM that clears the flag again can at worst make us
+  // read a counter that is already non-zero (we read only when poll said readable).
+  struct Bell {
+    base::UvHandle<uv_poll_t>* handle;
+    int fd;
+    qxl::CommandRingKind kind;
+  };
+  const Bell bells[] = {
+      {&c.commandDoorbell, c.bars->commandDoorbell.get(), qxl::CommandRingKind::Display},
+      {&c.cursorDoorbell, c.bars->cursorDoorbell.get(), qxl::CommandRingKind::Cursor}};
+  for (const Bell& bell : bells) {
+    if (int e = uv_poll_init(loop_, bell.handle->get(), bell.fd); e != 0) {
+      refusal = fmt::format("cannot watch a doorbell eventfd: {}", uv_strerror(e));
+      return false;
+    }
+    (*bell.handle)->data = this;
+    auto onReadable = bell.kind == qxl::CommandRingKind::Display
+                          ? +[](uv_poll_t* h, int, int) {
+                              if (h->data)
+                                static_cast<VmmLink*>(h->data)->onDoorbell(
+                                    qxl::CommandRingKind::Display);
+                            }
+                          : +[](uv_poll_t* h, int, int) {
+                              if (h->data)
+                                static_cast<VmmLink*>(h->data)->onDoorbell(
+                                    qxl::CommandRingKind::Cursor);
+                            };
+    if (int e = uv_poll_start(bell.handle->get(), UV_READABLE, onReadable); e != 0) {
+      refusal = fmt::format("cannot watch a doorbell eventfd: {}", uv_strerror(e));
+      return false;
+    }
+  }
+  uv_timer_init(loop_, c.retryTimer.get());
+  c.retryTimer->data = this;
+  return true;
+}
+
+void VmmLink::onDoorbell(qxl::CommandRingKind kind) {
+  if (!linked())
+    return;
+  const int fd = kind == qxl::CommandRingKind::Display ? connection_->bars->commandDoorbell.get()
+                                                       : connection_->bars->cursorDoorbell.get();
+  // Reset the counter; how many kicks there were does not matter, the ring says what is there.
+  uint64_t counter = 0;
+  ssize_t n = ::read(fd, &counter, sizeof counter);
+  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+    connection_->channel->close(
+        fmt::format("reading a doorbell eventfd failed: {}", std::strerror(errno)));
+    return;
+  }
+  connection_->device->doorbell(kind);
+  armRetry();
+}
+
+void VmmLink::armRetry() {
+  if (!linked() || uv_is_active(reinterpret_cast<uv_handle_t*>(connection_->retryTimer.get())))
+    return;
+  if (!connection_->device->retryPending())
+    return;
+  uv_timer_start(
+      connection_->retryTimer.get(),
+      [](uv_timer_t* t) {
+        auto* self = static_cast<VmmLink*>(t->data);
+        if (!self->linked() || !self->connection_->device->retryPending())
+          uv_timer_stop(t);
+      },
+      RELEASE_RETRY_MS, RELEASE_RETRY_MS);
+}
+
+void VmmLink::batchDone(uint64_t seq) {
+  if (!linked())
+    return;
+  connection_->device->batchDone(seq);
+  armRetry();
+}
+
+void VmmLink::rendererAvailable() {
+  if (!linked())
+    return;
+  connection_->device->rendererAvailable();
+  armRetry();
+}
+
+void VmmLink::raiseInterrupt() {
+  SB_ASSERT(connection_ && connection_->bars);
+  const int fd = connection_->bars->interrupt.get();
+  // Never block the broker's loop: a full counter (POLLOUT not set) already signals the VMM.
+  pollfd p{fd, POLLOUT, 0};
+  if (::poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT))
+    return;
+  const uint64_t one = 1;
+  if (::write(fd, &one, sizeof one) < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+    // Deferred close: the device is mid-call; the close handler tears it down later.
+    connection_->channel->close(
+        fmt::format("signalling the interrupt eventfd failed: {}", std::strerror(errno)));
+  }
+}
+
+void VmmLink::completeIo(uint8_t port) {
+  SB_ASSERT(connection_);
+  // In order, except for a write the device refuses at once because the guest floods it with
+  // writes (device.cpp: MAX_PENDING_IO): that one is the newest.
+  auto& pending = connection_->pendingAsync;
+  if (!pending.empty() && pending.front() == port) {
+    pending.pop_front();
+  } else {
+    SB_ASSERT(!pending.empty() && pending.back() == port,
+              "the device completed IO port {} that no async write is waiting for",
+              static_cast<unsigned>(port));
+    pending.pop_back();
+  }
+  capnp::MallocMessageBuilder answer;
+  answer.initRoot<BrokerToVmm>().initIoComplete().setPort(port);
+  connection_->channel->send(answer);  // a failure closes the channel, which reports why
+}
+
+bool VmmLink::sendBatch(uint64_t seq, std::span<const qxl::WorkItem> items) {
+  return events_.sendBatch ? events_.sendBatch(seq, items) : false;
 }
 
 void VmmLink::onClosed(const std::string& closeReason) {
@@ -477,7 +682,9 @@ void VmmLink::onClosed(const std::string& closeReason) {
   const std::string reason = closeReason;  // may live in the channel destroyed below
   const bool wasLinked = connection_->phase == Phase::Linked;
   connection_.reset();  // from the close handler: permitted (ipc/channel.h); unmaps the BARs
-  if (wasLinked)
+  if (wasLinked && socketPath_.empty())
+    spdlog::info("VMM unlinked: {}; no other VMM can link (it was the built-in guest)", reason);
+  else if (wasLinked)
     spdlog::info("VMM unlinked: {}; waiting for a VMM on {}", reason, socketPath_);
   else
     spdlog::info("VMM connection ended before linking: {}", reason);
@@ -493,10 +700,22 @@ const QxlBars* VmmLink::bars() const {
   return linked() ? connection_->bars.get() : nullptr;
 }
 
+const qxl::Device* VmmLink::device() const {
+  return linked() ? connection_->device.get() : nullptr;
+}
+
+const LinkSizes& VmmLink::layout() const {
+  static const LinkSizes none;
+  return linked() ? connection_->layout : none;
+}
+
 std::string VmmLink::describe() const {
-  if (const QxlBars* b = bars())
-    return fmt::format("vmm linked (ram {}, vram {})", humanBytes(b->ram.size()),
-                       humanBytes(b->vram.size()));
+  if (const QxlBars* b = bars()) {
+    const auto& s = connection_->device->stats();
+    return fmt::format("vmm linked (ram {}, vram {}, {} commands, {} released)",
+                       humanBytes(b->ram.size()), humanBytes(b->vram.size()),
+                       s.commands + s.cursorCommands, s.released);
+  }
   return connection_ ? "vmm connected, not linked" : "vmm not linked";
 }
 

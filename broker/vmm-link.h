@@ -7,6 +7,11 @@
 // One VMM at a time: while a connection is open, further connections are accepted and closed at
 // once, with the reason logged. The BARs live in a QxlBars owned by the connection; they are
 // unmapped when the link ends.
+//
+// On link a qxl::Device (broker/qxl/device.h) is created on the mapped BARs; this class is its
+// DeviceOutput towards the VMM (interrupt eventfd, ioComplete) and polls its doorbells. Batches
+// for the renderer go to the owner (Events::sendBatch); the owner hands the renderer's answers
+// back through batchDone() / rendererAvailable(). The device is destroyed when the link ends.
 #pragma once
 
 #include <sys/types.h>
@@ -14,14 +19,17 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <variant>
 
 #include "base/fd.h"
 #include "base/uv-handle.h"
+#include "broker/qxl/device.h"
 #include "ipc/channel.h"
 
 namespace spicebox::broker {
@@ -83,14 +91,21 @@ struct QxlBars {
   base::Fd interrupt;        // eventfd, written by the broker
 };
 
-// Announced sizes of a link message, bytes.
+// Announced sizes of a link message, bytes, and where the guest placed the RAM and VRAM BARs in
+// its physical address space.
 struct LinkSizes {
   uint64_t rom = 0;
   uint64_t ram = 0;
   uint64_t vram = 0;
+  uint64_t ramPhysStart = 0;
+  uint64_t vramPhysStart = 0;
 };
 
-// Checks the link's sizes and descriptors (takes them out of `fds`) and maps the BARs. The
+// Checks the announced sizes and guest physical ranges (page aligned, no wrap, RAM and VRAM do
+// not overlap). The refusal says what the VMM must fix.
+std::optional<std::string> checkLinkLayout(const LinkSizes& sizes);
+
+// Checks the link's sizes, ranges and descriptors (takes them out of `fds`) and maps the BARs. The
 // refusal says what was wrong and what the VMM must do. Separate from VmmLink so each check can
 // be read on its own; pure apart from the mmaps.
 std::variant<std::unique_ptr<QxlBars>, std::string> checkAndMapLink(const LinkSizes& sizes,
@@ -99,11 +114,17 @@ std::variant<std::unique_ptr<QxlBars>, std::string> checkAndMapLink(const LinkSi
 // Name of a QXL IO port ("QXL_IO_NOTIFY_CMD"), or nullptr if `port` is not a QXL_IO_* value.
 const char* qxlIoPortName(unsigned port);
 
-class VmmLink {
+class VmmLink : private qxl::DeviceOutput {
  public:
   struct Events {
-    std::function<void()> onLinked;                          // a VMM's link was accepted
-    std::function<void(const std::string& why)> onUnlinked;  // a connection ended (linked or not)
+    // A VMM's link was accepted and its device created (device() is set).
+    std::function<void()> onLinked;
+    // A connection ended (linked or not). If it was linked, the device is already destroyed: the
+    // owner tells the renderer to drop guest memory.
+    std::function<void(const std::string& why)> onUnlinked;
+    // qxl::DeviceOutput::sendBatch, passed on: hand `items` to the renderer as batch `seq`.
+    // False (or unset): no renderer now; the device resends from rendererAvailable().
+    std::function<bool(uint64_t seq, std::span<const qxl::WorkItem> items)> sendBatch;
   };
   // Counters, for status and tests.
   struct Stats {
@@ -118,6 +139,10 @@ class VmmLink {
   // anything else there is an error. Throws base::SystemError / std::runtime_error with a message
   // for the user.
   VmmLink(uv_loop_t* loop, std::string socketPath, Events events);
+  // Serves one already connected SOCK_SEQPACKET socket (the built-in guest's end of a
+  // socketpair); there is no listener, so once it ends no VMM can link again. `peerName` is for
+  // logs.
+  VmmLink(uv_loop_t* loop, base::Fd connected, std::string peerName, Events events);
   // Closes the connection and the listener and removes the socket file (if it is still ours).
   ~VmmLink();
   VmmLink(const VmmLink&) = delete;
@@ -126,10 +151,19 @@ class VmmLink {
   bool linked() const;
   // The linked VMM's BARs, or nullptr.
   const QxlBars* bars() const;
+  // The linked VMM's device, or nullptr.
+  const qxl::Device* device() const;
+  // Where the linked guest placed RAM and VRAM (meaningful while linked()).
+  const LinkSizes& layout() const;
+
+  // The renderer finished batch `seq`; the owner checked it is the oldest in flight.
+  void batchDone(uint64_t seq);
+  // A (new) renderer is ready and has the guest memory: the device resends its state.
+  void rendererAvailable();
   const Stats& stats() const { return stats_; }
   const std::string& socketPath() const { return socketPath_; }
-  // One line for logs and sd_notify STATUS: "vmm linked (ram 64 MiB, vram 64 MiB)" or "vmm not
-  // linked".
+  // One line for logs and sd_notify STATUS: "vmm linked (ram 64 MiB, vram 64 MiB, 12 commands, 12
+  // released)" or "vmm not linked".
   std::string describe() const;
 
  private:
@@ -139,6 +173,14 @@ class VmmLink {
     std::unique_ptr<ipc::Channel> channel;
     Phase phase = Phase::AwaitHello;
     std::unique_ptr<QxlBars> bars;
+    LinkSizes layout;
+    // Ports of the async ioWrites not completed yet, oldest first: completions must match.
+    std::deque<uint8_t> pendingAsync;
+    // Declared after bars: destroyed before the BARs are unmapped.
+    std::unique_ptr<qxl::Device> device;
+    base::UvHandle<uv_poll_t> commandDoorbell;
+    base::UvHandle<uv_poll_t> cursorDoorbell;
+    base::UvHandle<uv_timer_t> retryTimer;  // runs only while the device has releases waiting
   };
 
   void listen();
@@ -148,6 +190,16 @@ class VmmLink {
   ipc::Channel::Verdict onLink(capnp::MessageReader& message, ipc::ReceivedFds& fds);
   ipc::Channel::Verdict onIoWrite(capnp::MessageReader& message);
   void onClosed(const std::string& reason);
+  void adopt(base::Fd socket);
+  bool startDevice(std::string& refusal);
+  void onDoorbell(qxl::CommandRingKind kind);
+  // Starts the retry timer if the device has releases waiting for room in the release ring.
+  void armRetry();
+
+  // qxl::DeviceOutput
+  void raiseInterrupt() override;
+  void completeIo(uint8_t port) override;
+  bool sendBatch(uint64_t seq, std::span<const qxl::WorkItem> items) override;
 
   uv_loop_t* loop_;
   std::string socketPath_;

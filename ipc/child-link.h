@@ -37,22 +37,36 @@ inline SandboxLevel toWire(sandbox::Level level) {
 
 // Answers the broker's hello with this child's ChildHello and its pings with pongs.
 // ToChild / FromChild are the boundary's generated message structs, Version its protocolVersion.
+// A child whose boundary has more messages derives and overrides onBoundaryMessage().
 template <typename ToChild, typename FromChild, uint32_t Version>
 class ChildLink {
  public:
+  virtual ~ChildLink() = default;
+
   ChildLink(uv_loop_t* loop, base::Fd socket, sandbox::Report report)
       : report_(std::move(report)),
         channel_(
             loop, std::move(socket), "broker",
-            [this](capnp::MessageReader& message, ReceivedFds&) { return onMessage(message); },
+            [this](capnp::MessageReader& message, ReceivedFds& fds) {
+              return onMessage(message, fds);
+            },
             [loop](const std::string& reason) {
               // Without its broker a child has nothing to do: the broker restarts a new one.
               spdlog::info("channel to the broker closed ({}); exiting", reason);
               uv_stop(loop);
             }) {}
 
+ protected:
+  // A message other than hello and ping, after hello. Default: none is known.
+  virtual Channel::Verdict onBoundaryMessage(typename ToChild::Reader root, ReceivedFds&) {
+    return "unknown message " + std::to_string(static_cast<unsigned>(root.which())) +
+           " from the broker";
+  }
+  Channel& channel() { return channel_; }
+  bool helloDone() const { return helloDone_; }
+
  private:
-  Channel::Verdict onMessage(capnp::MessageReader& message) {
+  Channel::Verdict onMessage(capnp::MessageReader& message, ReceivedFds& fds) {
     auto root = message.getRoot<ToChild>();
     switch (root.which()) {
       case ToChild::HELLO: {
@@ -71,6 +85,7 @@ class ChildLink {
         for (unsigned i = 0; i < missing.size(); ++i)
           missing.set(i, report_.missing[i].substr(0, 128));
         channel_.send(reply);
+        helloDone_ = true;
         return std::nullopt;
       }
       case ToChild::PING: {
@@ -79,11 +94,16 @@ class ChildLink {
         channel_.send(reply);
         return std::nullopt;
       }
+      default:
+        break;
     }
-    return std::string("unknown message from the broker");
+    if (!helloDone_)
+      return std::string("a message from the broker before its hello");
+    return onBoundaryMessage(root, fds);
   }
 
   sandbox::Report report_;
+  bool helloDone_ = false;
   Channel channel_;
 };
 

@@ -33,10 +33,17 @@ const protocolVersion :UInt32 = 1;
 # (F_SEAL_SHRINK; F_SEAL_SEAL is not required), not sealed against writing, at least as large as
 # announced, and distinct from the other BARs. The broker maps exactly the announced size.
 # Sizes are in bytes, non-zero multiples of the host page size (4096 on x86-64 and arm64).
+# The broker sets O_NONBLOCK on the interrupt eventfd (file status flags are shared with the VMM's
+# copy) and never blocks writing it: EAGAIN means the counter is already signalled.
 struct Link {
   romSize @0 :UInt64;     # bytes of BAR 0; 4096 .. 65536 (QEMU's QXL uses 8192)
   ramSize @1 :UInt64;     # bytes of BAR 1; 65536 .. 1 GiB (QEMU's default is 64 MiB)
   vramSize @2 :UInt64;    # bytes of BAR 2; 4096 .. 1 GiB (QEMU's default is 64 MiB)
+  ramPhysStart @3 :UInt64;  # guest physical address where the guest's PCI config put BAR 1;
+                            # page aligned, ramPhysStart + ramSize must not wrap 64 bits
+  vramPhysStart @4 :UInt64; # same for BAR 2; [vramPhysStart, +vramSize) must not overlap the RAM
+                            # range. QXL_IO_MEMSLOT_ADD ranges are checked against these two
+                            # ranges: a memslot lies wholly inside one of them.
 }
 
 # A guest write to the QXL IO BAR, forwarded by the VMM (QEMU's qxl ioport_write). The guest

@@ -81,6 +81,20 @@ std::variant<uint8_t, MemslotError> MemslotTable::add(uint64_t slotId, QXLMemSlo
   return MemslotError::OutsideBars;
 }
 
+std::variant<uint8_t, MemslotError> MemslotTable::addWithGeneration(uint64_t slotId,
+                                                                    QXLMemSlot range,
+                                                                    uint8_t generation) {
+  if (generation > genMask_) {
+    return MemslotError::GenerationMismatch;
+  }
+  auto added = add(slotId, range);
+  if (std::holds_alternative<uint8_t>(added)) {
+    slots_[slotId].generation = generation;  // add() checked slotId is in range
+    return generation;
+  }
+  return added;
+}
+
 std::variant<std::monostate, MemslotError> MemslotTable::remove(uint64_t slotId) {
   if (!idInRange(slotId)) {
     return MemslotError::SlotIdOutOfRange;

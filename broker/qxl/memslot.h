@@ -80,6 +80,11 @@ class MemslotTable {
   // counter wraps after 2^slotGenBits adds).
   std::variant<uint8_t, MemslotError> add(uint64_t slotId, QXLMemSlot range);
 
+  // The renderer's replica of the broker's table: `add`, but the slot takes the generation the
+  // broker's table gave it. A generation that does not fit slotGenBits is GenerationMismatch.
+  std::variant<uint8_t, MemslotError> addWithGeneration(uint64_t slotId, QXLMemSlot range,
+                                                        uint8_t generation);
+
   // QXL_IO_MEMSLOT_DEL.
   std::variant<std::monostate, MemslotError> remove(uint64_t slotId);
 

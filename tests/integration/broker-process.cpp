@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -70,6 +71,12 @@ BrokerProcess::BrokerProcess(std::vector<std::string> args, std::string libexecD
   if (!libexecDir.empty()) {
     argvStore.push_back("--libexec-dir");
     argvStore.push_back(libexecDir);
+  }
+  // No built-in guest unless the test asks for one: supervision tests must not depend on
+  // spicebox-guestsim, and a test that plays the VMM itself uses --vmm-socket.
+  if (std::find(args.begin(), args.end(), "--builtin-guest") == args.end()) {
+    argvStore.push_back("--builtin-guest");
+    argvStore.push_back("none");
   }
   argvStore.insert(argvStore.end(), args.begin(), args.end());
   std::vector<char*> argv;

@@ -33,6 +33,7 @@ std::optional<BrokerStatus> parseStatus(const std::string& line);
 class BrokerProcess {
  public:
   // Starts the broker with `args`, its stderr going to a pipe the test can read (stderrText()).
+  // `--builtin-guest none` is added unless `args` name a --builtin-guest themselves.
   explicit BrokerProcess(std::vector<std::string> args, std::string libexecDir = "");
   ~BrokerProcess();
 

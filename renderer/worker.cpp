@@ -1,0 +1,297 @@
+// Runs in: renderer (sandboxed). Input: see worker.h. Guest memory is read only in copyIn().
+#include "renderer/worker.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+namespace spicebox::renderer {
+
+namespace {
+
+using ipc::render::Batch;
+using ipc::render::Command;
+using ipc::render::Ring;
+using ipc::render::WorkItem;
+
+// The largest BAR the broker accepts (broker/vmm-link.h, MAX_RAM_BYTES / MAX_VRAM_BYTES).
+constexpr uint64_t MAX_BAR_BYTES = 1024ull * 1024 * 1024;
+constexpr uint64_t PAGE = 4096;
+
+void* mapShared(int fd, uint64_t size) {
+  return ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+}
+
+// Logged at the 1st, 2nd, 4th, 8th ... occurrence: a guest controls how often this happens.
+bool powerOfTwo(uint64_t n) {
+  return n != 0 && (n & (n - 1)) == 0;
+}
+
+const char* describe(CommandFault fault) {
+  switch (fault) {
+    case CommandFault::NoGuestMemory:
+      return "no guest memory mapped";
+    case CommandFault::NoMemslots:
+      return "no memslot table yet";
+    case CommandFault::UnknownType:
+      return "unknown command type";
+    case CommandFault::WrongRing:
+      return "command type on the wrong ring";
+    case CommandFault::AddressUnusable:
+      return "address outside every memslot";
+  }
+  return "unknown fault";
+}
+
+// The fixed structure a command of `type` points at, and the ring it belongs on.
+struct CommandShape {
+  size_t size = 0;
+  Ring ring = Ring::DISPLAY;
+};
+
+std::optional<CommandShape> shapeOf(uint32_t type) {
+  switch (type) {
+    case QXL_CMD_DRAW:
+      return CommandShape{sizeof(QXLDrawable), Ring::DISPLAY};
+    case QXL_CMD_UPDATE:
+      return CommandShape{sizeof(QXLUpdateCmd), Ring::DISPLAY};
+    case QXL_CMD_MESSAGE:
+      return CommandShape{sizeof(QXLMessage), Ring::DISPLAY};
+    case QXL_CMD_SURFACE:
+      return CommandShape{sizeof(QXLSurfaceCmd), Ring::DISPLAY};
+    case QXL_CMD_CURSOR:
+      return CommandShape{sizeof(QXLCursorCmd), Ring::CURSOR};
+    default:
+      return std::nullopt;
+  }
+}
+
+}  // namespace
+
+std::variant<GuestMapping, std::string> GuestMapping::map(base::Fd ram, base::Fd vram,
+                                                          ipc::render::GuestMemory::Reader layout) {
+  const uint64_t sizes[2] = {layout.getRamSize(), layout.getVramSize()};
+  const uint64_t starts[2] = {layout.getRamPhysStart(), layout.getVramPhysStart()};
+  const char* names[2] = {"RAM", "VRAM"};
+  if (!ram || !vram)
+    return std::string("guestMemory without its two descriptors (RAM, VRAM)");
+  for (int i = 0; i < 2; ++i) {
+    if (sizes[i] == 0 || sizes[i] % PAGE != 0 || sizes[i] > MAX_BAR_BYTES ||
+        sizes[i] > UINT64_MAX - starts[i])
+      return fmt::format("guestMemory {} size {} bytes at {:#x} is out of range", names[i],
+                         sizes[i], starts[i]);
+  }
+  GuestMapping mapping;
+  void* r = mapShared(ram.get(), sizes[0]);
+  if (r == MAP_FAILED)
+    return fmt::format("cannot map the guest RAM ({} bytes): {}", sizes[0], std::strerror(errno));
+  mapping.view_.ram = {static_cast<std::byte*>(r), sizes[0]};
+  void* v = mapShared(vram.get(), sizes[1]);
+  if (v == MAP_FAILED)
+    return fmt::format("cannot map the guest VRAM ({} bytes): {}", sizes[1],
+                       std::strerror(errno));  // `mapping` unmaps the RAM
+  mapping.view_.vram = {static_cast<std::byte*>(v), sizes[1]};
+  mapping.view_.ramPhysStart = starts[0];
+  mapping.view_.vramPhysStart = starts[1];
+  // The descriptors close here: the mappings keep the memory.
+  return mapping;
+}
+
+GuestMapping::GuestMapping(GuestMapping&& other) noexcept
+    : view_(std::exchange(other.view_, GuestView{})) {}
+
+GuestMapping& GuestMapping::operator=(GuestMapping&& other) noexcept {
+  if (this != &other) {
+    unmap();
+    view_ = std::exchange(other.view_, GuestView{});
+  }
+  return *this;
+}
+
+GuestMapping::~GuestMapping() {
+  unmap();
+}
+
+void GuestMapping::unmap() {
+  if (!view_.ram.empty())
+    ::munmap(view_.ram.data(), view_.ram.size());
+  if (!view_.vram.empty())
+    ::munmap(view_.vram.data(), view_.vram.size());
+  view_ = GuestView{};
+}
+
+void Worker::attach(const GuestView& view) {
+  detach();
+  view_ = view;
+}
+
+void Worker::detach() {
+  view_.reset();
+  slots_.reset();
+  primary_.reset();
+}
+
+uint32_t Worker::runBatch(Batch::Reader batch) {
+  ++stats_.batches;
+  uint32_t rejected = 0;
+  auto items = batch.getItems();
+  unsigned count = items.size();
+  if (count > ipc::render::MAX_ITEMS_PER_BATCH) {
+    stats_.droppedItems += count - ipc::render::MAX_ITEMS_PER_BATCH;
+    spdlog::error("batch {} holds {} items, at most {} are read (a broker bug)", batch.getSeq(),
+                  count, ipc::render::MAX_ITEMS_PER_BATCH);
+    count = ipc::render::MAX_ITEMS_PER_BATCH;
+  }
+  for (unsigned i = 0; i < count; ++i) {
+    auto item = items[i];
+    switch (item.which()) {
+      case WorkItem::COMMAND:
+        if (auto fault = runCommand(item.getCommand())) {
+          ++rejected;
+          if (powerOfTwo(++stats_.rejected))
+            spdlog::warn("guest command rejected ({}): {} so far", describe(*fault),
+                         stats_.rejected);
+        } else {
+          ++stats_.commands;
+        }
+        break;
+      case WorkItem::CREATE_PRIMARY: {
+        auto p = item.getCreatePrimary();
+        // TODO(issue-4): validate width/height/stride/format against the slot of `mem` and make
+        // the primary surface's pixman image on guest memory.
+        primary_ = PrimaryState{p.getWidth(), p.getHeight(), p.getStride(), p.getFormat()};
+        break;
+      }
+      case WorkItem::DESTROY_PRIMARY:
+        primary_.reset();
+        break;
+      case WorkItem::DESTROY_SURFACE:
+      case WorkItem::DESTROY_ALL_SURFACES:
+        // TODO(issue-4): offscreen surfaces; none are kept yet.
+        break;
+      case WorkItem::UPDATE_AREA:
+        // TODO(issue-4): render what is pending for the area into the guest's surface memory.
+        ++stats_.updateAreas;
+        break;
+      case WorkItem::MONITORS_CONFIG:
+        // TODO(issue-4): copy QXLMonitorsConfig (translate, copy once, bound count by max_allowed).
+        break;
+      case WorkItem::MEMSLOTS:
+        loadMemslots(item.getMemslots());
+        break;
+      case WorkItem::RESET:
+        primary_.reset();
+        if (slots_)
+          slots_->reset();
+        break;
+      default:
+        // A newer broker's item this renderer does not know: a mismatched installation, and the
+        // hello's version check makes it impossible; nothing to do with it.
+        spdlog::error("unknown work item {} in batch {}", static_cast<unsigned>(item.which()),
+                      batch.getSeq());
+        break;
+    }
+  }
+  return rejected;
+}
+
+void Worker::loadMemslots(capnp::List<ipc::render::Memslot>::Reader slots) {
+  slots_.reset();
+  if (!view_)
+    return;  // slots without memory: every command is rejected until guestMemory
+  const std::array<qxl::BarRange, qxl::BAR_COUNT> bars = {
+      qxl::BarRange{view_->ramPhysStart, view_->ram.size()},
+      qxl::BarRange{view_->vramPhysStart, view_->vram.size()}};
+  // The device's layout is MemslotLayout's default (broker/qxl/device.cpp writes it into QXLRom).
+  auto created = qxl::MemslotTable::create(qxl::MemslotLayout{}, bars);
+  if (!std::holds_alternative<qxl::MemslotTable>(created)) {
+    spdlog::error("guest memory layout refused by the memslot table (a broker bug)");
+    return;
+  }
+  slots_.emplace(std::move(std::get<qxl::MemslotTable>(created)));
+  ++stats_.memslotTables;
+  for (auto slot : slots) {
+    QXLMemSlot range{};
+    range.mem_start = slot.getMemStart();
+    range.mem_end = slot.getMemEnd();
+    auto added = slots_->addWithGeneration(slot.getId(), range, slot.getGeneration());
+    const bool wantVram = slot.getBar() == ipc::render::Bar::VRAM;
+    bool ok = std::holds_alternative<uint8_t>(added);
+    if (ok) {
+      // The replica picks the BAR from the range; it must be the one the broker named.
+      auto where =
+          slots_->translate(slots_->encode(slot.getId(), slot.getGeneration(), range.mem_start), 1);
+      if (auto* at = std::get_if<qxl::BarOffset>(&where)) {
+        ok = (at->bar == qxl::BarId::Vram) == wantVram;
+      }  // an empty slot (start == end) translates nothing: accepted as is
+      if (!ok)
+        slots_->remove(slot.getId());
+    }
+    if (!ok) {
+      ++stats_.badMemslots;
+      spdlog::error("memslot {} [{:#x}, {:#x}) from the broker refused by the replica",
+                    slot.getId(), slot.getMemStart(), slot.getMemEnd());
+    }
+  }
+}
+
+std::optional<CommandFault> Worker::copyIn(uint64_t addr, void* out, size_t size) const {
+  if (!view_)
+    return CommandFault::NoGuestMemory;
+  if (!slots_)
+    return CommandFault::NoMemslots;
+  auto where = slots_->translate(addr, size);
+  const auto* at = std::get_if<qxl::BarOffset>(&where);
+  if (!at)
+    return CommandFault::AddressUnusable;
+  std::span<const std::byte> bar = at->bar == qxl::BarId::Vram ? view_->vram : view_->ram;
+  // The table's BAR ranges are the mapping sizes, so this holds; checked again because a
+  // mistake here would read outside the mapping.
+  if (at->offset > bar.size() || size > bar.size() - at->offset)
+    return CommandFault::AddressUnusable;
+  std::memcpy(out, bar.data() + at->offset, size);
+  return std::nullopt;
+}
+
+std::optional<CommandFault> Worker::runCommand(Command::Reader command) {
+  auto shape = shapeOf(command.getType());
+  if (!shape)
+    return CommandFault::UnknownType;
+  if (shape->ring != command.getRing())
+    return CommandFault::WrongRing;
+  // One copy of the fixed part, big enough for any of the five; only the copy is used below.
+  union {
+    QXLDrawable drawable;
+    QXLUpdateCmd update;
+    QXLMessage message;
+    QXLSurfaceCmd surface;
+    QXLCursorCmd cursor;
+  } local;
+  if (auto fault = copyIn(command.getAddr(), &local, shape->size))
+    return fault;
+  // TODO(issue-4): decode the local copy (renderer/qxl-decode) into a DrawCommand and draw it
+  // with pixman; chunks, images and clip rects are copied through copyIn() the same way.
+  switch (command.getType()) {
+    case QXL_CMD_DRAW:
+      ++stats_.draws;
+      break;
+    case QXL_CMD_UPDATE:
+      ++stats_.updates;
+      break;
+    case QXL_CMD_MESSAGE:
+      ++stats_.messages;
+      break;
+    case QXL_CMD_SURFACE:
+      ++stats_.surfaceCmds;
+      break;
+    case QXL_CMD_CURSOR:
+      ++stats_.cursors;
+      break;
+  }
+  return std::nullopt;
+}
+
+}  // namespace spicebox::renderer
