@@ -1,0 +1,445 @@
+// Runs in: guestsim-scenario-tests (developer machine / CI). Input: the scenarios' own streams.
+// What a stream must satisfy is stated here from the QXL contract (qxl_dev.h, enums.h) and
+// counted from the stream itself, independent of how the generators build it.
+#include "tools/guestsim/scenario.h"
+
+#include <spice/enums.h>
+#include <spice/qxl_dev.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+#include "tools/guestsim/spice-record-writer.h"
+
+namespace spicebox::guestsim {
+namespace {
+
+// Bounds every loop over an unbounded scenario: a test that runs past it failed.
+constexpr size_t ACTION_CAP = 200000;
+
+std::vector<GuestAction> collect(std::string_view name, ScenarioOptions options) {
+  auto scenario = makeScenario(name, options);
+  std::vector<GuestAction> out;
+  while (auto action = scenario->next()) {
+    out.push_back(std::move(*action));
+    REQUIRE(out.size() < ACTION_CAP);
+  }
+  return out;
+}
+
+size_t commandCount(const std::vector<GuestAction>& actions) {
+  return std::count_if(actions.begin(), actions.end(),
+                       [](const GuestAction& a) { return std::holds_alternative<Command>(a); });
+}
+
+// Calls f(image, isMask) for every image a drawable carries.
+template <typename F>
+void forEachImage(const Drawable& d, F&& f) {
+  auto img = [&](const std::optional<Image>& i, bool isMask) {
+    if (i) {
+      f(*i, isMask);
+    }
+  };
+  auto brush = [&](const Brush& b) { img(b.pattern, false); };
+  std::visit(
+      [&](const auto& p) {
+        using T = std::decay_t<decltype(p)>;
+        if constexpr (requires { p.srcBitmap; }) {
+          img(p.srcBitmap, false);
+        }
+        if constexpr (requires { p.brush; }) {
+          brush(p.brush);
+        }
+        if constexpr (requires { p.mask.bitmap; }) {
+          img(p.mask.bitmap, true);
+        }
+        if constexpr (std::is_same_v<T, Text>) {
+          brush(p.foreBrush);
+          brush(p.backBrush);
+        }
+        if constexpr (std::is_same_v<T, Composite>) {
+          img(p.src, false);
+          img(p.mask, false);  // a composite mask is an alpha source, not a 1-bit QMask
+        }
+      },
+      d.payload);
+}
+
+bool inside(const Rect& r, int64_t w, int64_t h) {
+  return r.left >= 0 && r.top >= 0 && r.left < r.right && r.top < r.bottom && r.right <= w &&
+         r.bottom <= h;
+}
+
+uint32_t minStride(const Bitmap& bm) {
+  static const std::map<uint8_t, uint32_t> BITS = {
+      {SPICE_BITMAP_FMT_1BIT_LE, 1}, {SPICE_BITMAP_FMT_1BIT_BE, 1}, {SPICE_BITMAP_FMT_4BIT_LE, 4},
+      {SPICE_BITMAP_FMT_4BIT_BE, 4}, {SPICE_BITMAP_FMT_8BIT, 8},    {SPICE_BITMAP_FMT_16BIT, 16},
+      {SPICE_BITMAP_FMT_24BIT, 24},  {SPICE_BITMAP_FMT_32BIT, 32},  {SPICE_BITMAP_FMT_RGBA, 32},
+      {SPICE_BITMAP_FMT_8BIT_A, 8}};
+  auto it = BITS.find(bm.format);
+  REQUIRE(it != BITS.end());
+  return (bm.x * it->second + 7) / 8;
+}
+
+// Walks a stream as a QXL device would see it and fails on what a real driver could not send.
+struct StreamChecker {
+  struct Surf {
+    int64_t w, h;
+    uint32_t format;
+  };
+  std::map<uint32_t, Surf> live;  // id 0: the primary, while it exists
+  std::set<uint32_t> createdFormats;
+  std::set<uint32_t> sourcedFormats;  // formats of surfaces read through a SurfaceImage
+
+  void check(const GuestAction& action) {
+    if (auto* io = std::get_if<IoEvent>(&action)) {
+      if (io->message == WorkerMessage::CreatePrimarySurface) {
+        REQUIRE(io->primary);
+        REQUIRE(live.count(0) == 0);  // a mode change destroys the old primary first
+        const PrimarySurface& p = *io->primary;
+        REQUIRE(uint64_t(std::abs(int64_t{p.stride})) >= uint64_t{p.width} * 4);
+        live[0] = Surf{p.width, p.height, p.format};
+      } else if (io->message == WorkerMessage::DestroyPrimarySurface) {
+        REQUIRE(live.erase(0) == 1);
+      }
+      return;
+    }
+    const Command& cmd = std::get<Command>(action);
+    if (auto* s = std::get_if<SurfaceCmd>(&cmd.body)) {
+      INFO("surface " << s->surfaceId);
+      REQUIRE(s->surfaceId != 0);
+      if (s->type == QXL_SURFACE_CMD_CREATE) {
+        REQUIRE(live.count(s->surfaceId) == 0);
+        REQUIRE(s->width > 0);
+        REQUIRE(s->height > 0);
+        REQUIRE(std::abs(int64_t{s->stride}) % 4 == 0);
+        live[s->surfaceId] = Surf{s->width, s->height, s->format};
+        createdFormats.insert(s->format);
+      } else {
+        REQUIRE(s->type == QXL_SURFACE_CMD_DESTROY);
+        REQUIRE(live.erase(s->surfaceId) == 1);
+      }
+    } else if (auto* d = std::get_if<Drawable>(&cmd.body)) {
+      checkDrawable(*d);
+    } else if (auto* u = std::get_if<UpdateCmd>(&cmd.body)) {
+      REQUIRE(live.count(u->surfaceId) == 1);
+      REQUIRE(inside(u->area, live[u->surfaceId].w, live[u->surfaceId].h));
+    } else if (auto* c = std::get_if<CursorCmd>(&cmd.body)) {
+      if (c->type == QXL_CURSOR_SET) {
+        REQUIRE(c->shape);
+        const CursorShape& sh = *c->shape;
+        size_t expect = sh.type == SPICE_CURSOR_TYPE_ALPHA ? size_t{sh.width} * sh.height * 4
+                        : sh.type == SPICE_CURSOR_TYPE_MONO
+                            ? size_t{2} * sh.height * ((sh.width + 7) / 8)
+                            : 0;
+        REQUIRE(expect != 0);
+        REQUIRE(sh.data.size() == expect);
+        REQUIRE(sh.hotSpotX < sh.width);
+        REQUIRE(sh.hotSpotY < sh.height);
+      }
+    }
+  }
+
+  void checkDrawable(const Drawable& d) {
+    INFO("draw type " << int(d.type) << " on surface " << d.surfaceId);
+    REQUIRE(!d.compat);
+    REQUIRE(live.count(d.surfaceId) == 1);
+    const Surf target = live[d.surfaceId];
+    REQUIRE(inside(d.bbox, target.w, target.h));
+    if (d.clip.type == SPICE_CLIP_TYPE_RECTS) {
+      REQUIRE(!d.clip.rects.empty());
+      for (const Rect& r : d.clip.rects) {
+        REQUIRE(inside(r, target.w, target.h));
+      }
+    }
+    if (auto* cb = std::get_if<CopyBits>(&d.payload)) {
+      Rect src{cb->srcPos.y, cb->srcPos.x, cb->srcPos.y + (d.bbox.bottom - d.bbox.top),
+               cb->srcPos.x + (d.bbox.right - d.bbox.left)};
+      REQUIRE(inside(src, target.w, target.h));
+    }
+    if (auto* t = std::get_if<Text>(&d.payload)) {
+      REQUIRE(t->str.flags == SPICE_STRING_FLAGS_RASTER_A1);
+      checkGlyphs(t->str, d.bbox);
+    }
+    forEachImage(d, [&](const Image& img, bool isMask) {
+      if (auto* bm = std::get_if<Bitmap>(&img.payload)) {
+        REQUIRE(img.type == SPICE_IMAGE_TYPE_BITMAP);
+        REQUIRE(bm->x == img.width);
+        REQUIRE(bm->y == img.height);
+        REQUIRE(bm->stride >= minStride(*bm));
+        REQUIRE(bm->data.size() == size_t{bm->y} * bm->stride);
+        bool indexed = bm->format <= SPICE_BITMAP_FMT_8BIT;
+        REQUIRE(bm->palette.has_value() == indexed);
+        if (isMask) {
+          REQUIRE(
+              (bm->format == SPICE_BITMAP_FMT_1BIT_BE || bm->format == SPICE_BITMAP_FMT_1BIT_LE));
+          REQUIRE(bm->x >= uint32_t(d.bbox.right - d.bbox.left));
+          REQUIRE(bm->y >= uint32_t(d.bbox.bottom - d.bbox.top));
+        }
+      } else if (auto* si = std::get_if<SurfaceImage>(&img.payload)) {
+        REQUIRE(img.type == SPICE_IMAGE_TYPE_SURFACE);
+        REQUIRE(si->surfaceId != d.surfaceId);
+        REQUIRE(live.count(si->surfaceId) == 1);
+        REQUIRE(img.width == live[si->surfaceId].w);
+        REQUIRE(img.height == live[si->surfaceId].h);
+        bool declared = std::find(d.surfacesDest.begin(), d.surfacesDest.end(),
+                                  int32_t(si->surfaceId)) != d.surfacesDest.end();
+        REQUIRE(declared);  // the server orders the read after the source's pending draws
+        sourcedFormats.insert(live[si->surfaceId].format);
+      } else {
+        FAIL("scenarios send bitmaps and surface images only");
+      }
+    });
+    std::visit(
+        [&](const auto& p) {
+          if constexpr (requires { p.srcArea; }) {
+            REQUIRE(p.srcBitmap);
+            REQUIRE(inside(p.srcArea, p.srcBitmap->width, p.srcBitmap->height));
+          }
+        },
+        d.payload);
+  }
+
+  // Each QXLRasterGlyph A1: header, then height rows of (width + 7) / 8 bytes; the glyph box
+  // (render_pos + glyph_origin, width x height) lies in the bbox.
+  static void checkGlyphs(const QxlString& s, const Rect& bbox) {
+    size_t at = 0;
+    for (uint16_t i = 0; i < s.length; ++i) {
+      REQUIRE(at + 20 <= s.data.size());
+      int32_t v[4];
+      uint16_t wh[2];
+      std::memcpy(v, &s.data[at], 16);
+      std::memcpy(wh, &s.data[at + 16], 4);
+      Rect box{v[1] + v[3], v[0] + v[2], v[1] + v[3] + wh[1], v[0] + v[2] + wh[0]};
+      REQUIRE(box.left >= bbox.left);
+      REQUIRE(box.top >= bbox.top);
+      REQUIRE(box.right <= bbox.right);
+      REQUIRE(box.bottom <= bbox.bottom);
+      at += 20 + size_t{wh[1]} * ((wh[0] + 7) / 8);
+    }
+    REQUIRE(at == s.data.size());
+  }
+};
+
+void checkStream(const std::vector<GuestAction>& actions, StreamChecker& checker) {
+  for (size_t i = 0; i < actions.size(); ++i) {
+    INFO("action " << i);
+    checker.check(actions[i]);
+  }
+}
+
+// Writes every action as the recorder would and reads the bytes back: the writer accepts each
+// and the reader returns an equal tree.
+void checkRoundTrip(const std::vector<GuestAction>& actions) {
+  std::string bytes = "SPICE_REPLAY 1\n";
+  uint64_t timestamp = 1000;
+  for (size_t i = 0; i < actions.size(); ++i) {
+    std::variant<Command, IoEvent> body =
+        std::visit([](const auto& a) -> std::variant<Command, IoEvent> { return a; }, actions[i]);
+    auto err = serializeEvent(uint32_t(i), timestamp++, body, bytes);
+    INFO("action " << i << ": " << (err ? err->toString() : ""));
+    REQUIRE(!err);
+  }
+  auto opened = RecordReader::fromBytes(std::move(bytes));
+  REQUIRE(std::holds_alternative<std::unique_ptr<RecordReader>>(opened));
+  auto& reader = *std::get<std::unique_ptr<RecordReader>>(opened);
+  for (size_t i = 0; i < actions.size(); ++i) {
+    auto ev = reader.next();
+    INFO("action " << i << ": "
+                   << (std::holds_alternative<RecordError>(ev)
+                           ? std::get<RecordError>(ev).toString()
+                           : ""));
+    REQUIRE(std::holds_alternative<RecordEvent>(ev));
+    const RecordEvent& e = std::get<RecordEvent>(ev);
+    bool same = std::visit(
+        [&](const auto& a) {
+          using T = std::decay_t<decltype(a)>;
+          auto* got = std::get_if<T>(&e.body);
+          return got != nullptr && *got == a;
+        },
+        actions[i]);
+    REQUIRE(same);
+  }
+  REQUIRE(std::holds_alternative<EndOfRecording>(reader.next()));
+}
+
+}  // namespace
+
+TEST_CASE("makeScenario names every scenario and rejects others", "[scenario]") {
+  for (const std::string& name : scenarioNames()) {
+    REQUIRE(makeScenario(name, {}) != nullptr);
+  }
+  try {
+    makeScenario("no-such-scenario", {});
+    FAIL("an unknown name was accepted");
+  } catch (const std::invalid_argument& e) {
+    std::string what = e.what();
+    CHECK(what.find("no-such-scenario") != std::string::npos);
+    CHECK(what.find("all-draws") != std::string::npos);
+  }
+}
+
+TEST_CASE("all-draws sends every draw type, bitmap format and surface format", "[scenario]") {
+  auto actions = collect("all-draws", {});
+  StreamChecker checker;
+  checkStream(actions, checker);
+  CHECK(checker.live.count(0) == 1);
+  CHECK(checker.live.size() == 1);  // every offscreen surface was destroyed again
+
+  std::set<int> drawTypes, bitmapFormats, cursorTypes;
+  bool chunkedBitmap = false, rectClip = false, oneBitMask = false, patternBrush = false;
+  bool solidStroke = false, styledStroke = false, update = false, message = false;
+  for (const GuestAction& a : actions) {
+    auto* cmd = std::get_if<Command>(&a);
+    if (!cmd) {
+      continue;
+    }
+    if (auto* d = std::get_if<Drawable>(&cmd->body)) {
+      drawTypes.insert(d->type);
+      rectClip |= d->clip.type == SPICE_CLIP_TYPE_RECTS && d->clip.rects.size() > 1;
+      forEachImage(*d, [&](const Image& img, bool isMask) {
+        if (auto* bm = std::get_if<Bitmap>(&img.payload)) {
+          bitmapFormats.insert(bm->format);
+          chunkedBitmap |= bm->chunkCount > 1;
+          oneBitMask |= isMask;
+        }
+      });
+      std::visit(
+          [&](const auto& p) {
+            if constexpr (requires { p.brush; }) {
+              patternBrush |= p.brush.type == SPICE_BRUSH_TYPE_PATTERN && p.brush.pattern;
+            }
+          },
+          d->payload);
+      if (auto* s = std::get_if<Stroke>(&d->payload)) {
+        (s->attrFlags & SPICE_LINE_FLAGS_STYLED ? styledStroke : solidStroke) = true;
+      }
+    } else if (auto* c = std::get_if<CursorCmd>(&cmd->body)) {
+      cursorTypes.insert(c->type);
+    }
+    update |= std::holds_alternative<UpdateCmd>(cmd->body);
+    message |= std::holds_alternative<MessageCmd>(cmd->body);
+  }
+  CHECK(drawTypes == std::set<int>{QXL_DRAW_FILL, QXL_DRAW_OPAQUE, QXL_DRAW_COPY, QXL_COPY_BITS,
+                                   QXL_DRAW_BLEND, QXL_DRAW_BLACKNESS, QXL_DRAW_WHITENESS,
+                                   QXL_DRAW_INVERS, QXL_DRAW_ROP3, QXL_DRAW_STROKE, QXL_DRAW_TEXT,
+                                   QXL_DRAW_TRANSPARENT, QXL_DRAW_ALPHA_BLEND, QXL_DRAW_COMPOSITE});
+  CHECK(bitmapFormats == std::set<int>{SPICE_BITMAP_FMT_1BIT_LE, SPICE_BITMAP_FMT_1BIT_BE,
+                                       SPICE_BITMAP_FMT_4BIT_LE, SPICE_BITMAP_FMT_4BIT_BE,
+                                       SPICE_BITMAP_FMT_8BIT, SPICE_BITMAP_FMT_16BIT,
+                                       SPICE_BITMAP_FMT_24BIT, SPICE_BITMAP_FMT_32BIT,
+                                       SPICE_BITMAP_FMT_RGBA, SPICE_BITMAP_FMT_8BIT_A});
+  std::set<uint32_t> allSurfaceFormats{SPICE_SURFACE_FMT_1_A,     SPICE_SURFACE_FMT_8_A,
+                                       SPICE_SURFACE_FMT_16_555,  SPICE_SURFACE_FMT_16_565,
+                                       SPICE_SURFACE_FMT_32_xRGB, SPICE_SURFACE_FMT_32_ARGB};
+  CHECK(checker.createdFormats == allSurfaceFormats);
+  CHECK(checker.sourcedFormats == allSurfaceFormats);
+  CHECK(cursorTypes ==
+        std::set<int>{QXL_CURSOR_SET, QXL_CURSOR_MOVE, QXL_CURSOR_HIDE, QXL_CURSOR_TRAIL});
+  CHECK(chunkedBitmap);
+  CHECK(rectClip);
+  CHECK(oneBitMask);
+  CHECK(patternBrush);
+  CHECK(solidStroke);
+  CHECK(styledStroke);
+  CHECK(update);
+  CHECK(message);
+  checkRoundTrip(actions);
+}
+
+TEST_CASE("all-draws stops at maxCommands", "[scenario]") {
+  ScenarioOptions options;
+  options.maxCommands = 5;
+  CHECK(commandCount(collect("all-draws", options)) == 5);
+}
+
+TEST_CASE("desktop changes resolution once and drives the cursor", "[scenario]") {
+  ScenarioOptions options;
+  options.maxCommands = 3000;
+  auto scenario = makeScenario("desktop", options);
+  CHECK(scenario->commandsPerSecond() > 0);
+  auto actions = collect("desktop", options);
+  REQUIRE(commandCount(actions) == options.maxCommands);
+  StreamChecker checker;
+  checkStream(actions, checker);
+
+  REQUIRE(std::holds_alternative<IoEvent>(actions.front()));
+  std::vector<std::pair<uint32_t, uint32_t>> primaries;
+  int destroys = 0, updates = 0, copyBits = 0, surfaceCopies = 0;
+  std::set<uint64_t> shapes;
+  int moves = 0;
+  for (const GuestAction& a : actions) {
+    if (auto* io = std::get_if<IoEvent>(&a)) {
+      if (io->primary) {
+        primaries.emplace_back(io->primary->width, io->primary->height);
+        CHECK(io->primary->format == SPICE_SURFACE_FMT_32_xRGB);
+      }
+      destroys += io->message == WorkerMessage::DestroyPrimarySurface;
+      updates += io->message == WorkerMessage::Update;
+      continue;
+    }
+    const Command& cmd = std::get<Command>(a);
+    if (auto* c = std::get_if<CursorCmd>(&cmd.body)) {
+      if (c->type == QXL_CURSOR_SET) {
+        CHECK(c->shape->type == SPICE_CURSOR_TYPE_ALPHA);
+        CHECK(c->shape->width == 32);
+        CHECK(c->shape->height == 32);
+        shapes.insert(c->shape->unique);
+      }
+      moves += c->type == QXL_CURSOR_MOVE;
+    } else if (auto* d = std::get_if<Drawable>(&cmd.body)) {
+      copyBits += d->type == QXL_COPY_BITS;
+      if (auto* cp = std::get_if<Copy>(&d->payload)) {
+        surfaceCopies += std::holds_alternative<SurfaceImage>(cp->srcBitmap->payload);
+      }
+    }
+  }
+  auto expected = std::vector<std::pair<uint32_t, uint32_t>>{{1024, 768}, {1280, 800}};
+  CHECK(primaries == expected);
+  CHECK(destroys == 1);
+  CHECK(updates > 0);
+  CHECK(copyBits > 0);
+  CHECK(surfaceCopies > 0);
+  CHECK(moves > 10);
+  CHECK(shapes.size() >= 2);  // the shape changes
+  checkRoundTrip(actions);
+}
+
+TEST_CASE("stress is reproducible per seed and differs across seeds", "[scenario]") {
+  ScenarioOptions options;
+  options.maxCommands = 1500;
+  options.seed = 7;
+  auto first = collect("stress", options);
+  auto again = collect("stress", options);
+  CHECK(commandCount(first) == options.maxCommands);
+  CHECK(first == again);
+  options.seed = 8;
+  auto other = collect("stress", options);
+  CHECK(first != other);
+
+  StreamChecker checker;
+  checkStream(first, checker);
+  std::set<int> drawTypes;
+  for (const GuestAction& a : first) {
+    if (auto* cmd = std::get_if<Command>(&a)) {
+      if (auto* d = std::get_if<Drawable>(&cmd->body)) {
+        drawTypes.insert(d->type);
+      }
+    }
+  }
+  CHECK(drawTypes.size() == 14);  // every type but NOP, mixed
+  checkRoundTrip(first);
+}
+
+TEST_CASE("stress paces at --rate, or its default", "[scenario]") {
+  ScenarioOptions options;
+  CHECK(makeScenario("stress", options)->commandsPerSecond() > 0);
+  options.rate = 123;
+  CHECK(makeScenario("stress", options)->commandsPerSecond() == 123);
+  CHECK(makeScenario("all-draws", options)->commandsPerSecond() == 0);
+}
+
+}  // namespace spicebox::guestsim

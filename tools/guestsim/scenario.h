@@ -1,0 +1,47 @@
+// Runs in: spicebox-guestsim (a developer tool and test peer; unsandboxed, trusted input).
+// The guest workloads: each scenario is a stream of guest actions in the same tree the recording
+// reader produces (spice-record.h), so one materialiser puts both into the BARs and one writer
+// records both (--record-out).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "tools/guestsim/spice-record.h"
+
+namespace spicebox::guestsim {
+
+// One thing the guest does next. An IoEvent uses the recorder's vocabulary (WorkerMessage), so a
+// scenario and a replayed file drive the guest driver the same way; the driver maps it to the
+// QXL IO port writes a real driver makes (CreatePrimarySurface -> QXL_IO_CREATE_PRIMARY with
+// the surface in VRAM, Update -> QXL_IO_UPDATE_AREA of the whole primary, Wakeup ->
+// QXL_IO_NOTIFY_CMD, Oom -> QXL_IO_NOTIFY_OOM, ...).
+using GuestAction = std::variant<Command, IoEvent>;
+
+struct ScenarioOptions {
+  uint64_t seed = 1;         // stress: the random sequence; same seed, same stream
+  uint64_t maxCommands = 0;  // 0: the scenario's own length (desktop and stress: unbounded)
+  double rate = 0;           // stress: commands per second (--rate); 0: the scenario's default
+};
+
+class Scenario {
+ public:
+  virtual ~Scenario() = default;
+  // The next action, or nullopt at the end (all-draws ends by itself; desktop and stress run
+  // until maxCommands if set, else forever).
+  virtual std::optional<GuestAction> next() = 0;
+  // Pacing hint for the driver, in commands per second; 0: as fast as the device takes them.
+  virtual double commandsPerSecond() const = 0;
+};
+
+// Names: "desktop", "all-draws", "stress". Throws std::invalid_argument with the list of known
+// names for anything else.
+std::unique_ptr<Scenario> makeScenario(std::string_view name, const ScenarioOptions& options);
+std::vector<std::string> scenarioNames();
+
+}  // namespace spicebox::guestsim
