@@ -1,0 +1,567 @@
+// Runs in: spicebox-guestsim (unsandboxed). Input: guest actions (trusted) and the device's
+// writes into guest memory (ROM, ring indices, int_pending, release chains), range-checked here.
+#include "tools/guestsim/driver.h"
+
+#include <spice/qxl_dev.h>
+
+#include <atomic>
+#include <cstring>
+#include <limits>
+
+#include "base/assert.h"
+#include "base/log.h"
+
+namespace spicebox::guestsim {
+
+namespace {
+
+// One SPICE ring (spice/ipc_ring.h) inside the RAM BAR. Every ring shares the header layout of
+// QXLCommandRing; the item size is the element's power-of-two slot. Indices are free-running
+// uint32; the guest and the device write them concurrently, hence atomic_ref and full fences
+// where SPICE_RING_* has spice_mb().
+class RingView {
+ public:
+  RingView(std::byte* header, uint32_t capacity, size_t itemSize)
+      : header_(header), capacity_(capacity), itemSize_(itemSize) {}
+
+  uint32_t prod() const { return field(offsetof(QXLCommandRing, prod)).load(); }
+  uint32_t cons() const { return field(offsetof(QXLCommandRing, cons)).load(); }
+  uint32_t notifyOnProd() const { return field(offsetof(QXLCommandRing, notify_on_prod)).load(); }
+  void setProd(uint32_t v) { field(offsetof(QXLCommandRing, prod)).store(v); }
+  void setCons(uint32_t v) { field(offsetof(QXLCommandRing, cons)).store(v); }
+  void setNotifyOnProd(uint32_t v) { field(offsetof(QXLCommandRing, notify_on_prod)).store(v); }
+  void setNotifyOnCons(uint32_t v) { field(offsetof(QXLCommandRing, notify_on_cons)).store(v); }
+  uint32_t capacity() const { return capacity_; }
+  // Entries between cons and prod; the device may write either, so checked by the callers.
+  uint32_t used() const { return prod() - cons(); }
+  std::byte* item(uint32_t index) const {
+    return header_ + offsetof(QXLCommandRing, items) + (index & (capacity_ - 1)) * itemSize_;
+  }
+
+ private:
+  std::atomic_ref<uint32_t> field(size_t offset) const {
+    return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(header_ + offset));
+  }
+
+  std::byte* header_;
+  uint32_t capacity_;
+  size_t itemSize_;
+};
+
+static_assert(offsetof(QXLCommandRing, items) == offsetof(QXLReleaseRing, items));
+static_assert(offsetof(QXLCommandRing, prod) == offsetof(QXLReleaseRing, prod));
+static_assert(offsetof(QXLCommandRing, cons) == offsetof(QXLReleaseRing, cons));
+
+const char* commandTypeName(CommandType type) {
+  switch (type) {
+    case CommandType::Draw:
+      return "DRAW";
+    case CommandType::Update:
+      return "UPDATE";
+    case CommandType::Cursor:
+      return "CURSOR";
+    case CommandType::Message:
+      return "MESSAGE";
+    case CommandType::Surface:
+      return "SURFACE";
+  }
+  return "UNKNOWN";
+}
+
+template <typename T>
+void storeField(std::byte* ramHeader, size_t offset, const T& value) {
+  std::memcpy(ramHeader + offset, &value, sizeof value);
+}
+
+// True at the 1st, 2nd, 4th, 8th ... occurrence: repeated faults are logged, not flooded.
+bool powerOfTwo(uint64_t n) {
+  return n != 0 && (n & (n - 1)) == 0;
+}
+
+constexpr uint32_t INTERRUPT_MASK =
+    QXL_INTERRUPT_DISPLAY | QXL_INTERRUPT_CURSOR | QXL_INTERRUPT_IO_CMD | QXL_INTERRUPT_ERROR;
+
+}  // namespace
+
+Driver::Driver(Vmm& vmm) : vmm_(vmm) {
+  vmm_.setInterruptHandler([this] { onInterrupt(); });
+}
+
+Driver::~Driver() {
+  vmm_.setInterruptHandler({});
+}
+
+std::byte* Driver::ramHeader() const {
+  return vmm_.ram().data() + ramHeaderOffset_;
+}
+
+void Driver::init() {
+  auto rom = vmm_.rom();
+  auto ram = vmm_.ram();
+  SB_ASSERT(rom.size() >= sizeof(QXLRom), "ROM BAR of {} bytes", rom.size());
+  // The broker sends no answer to `link`; one async IO write is the round trip after which its
+  // device has written the ROM and the RAM header (messages are handled in order).
+  vmm_.ioWrite(QXL_IO_UPDATE_IRQ, 0, true);
+
+  QXLRom header;
+  std::memcpy(&header, rom.data(), sizeof header);
+  if (header.magic != QXL_ROM_MAGIC)
+    throw VmmError(fmt::format(
+        "the ROM's magic is {:#x}, not QXL_ROM_MAGIC {:#x}: the broker linked but its QXL device "
+        "wrote no ROM (is the device model wired to the qxl-link? see the broker's log)",
+        uint32_t{header.magic}, QXL_ROM_MAGIC));
+  uint64_t offset = header.ram_header_offset;
+  if (offset % 4 != 0 || offset == 0 || offset > ram.size() || ram.size() - offset < sizeof(QXLRam))
+    throw VmmError(
+        fmt::format("the ROM's ram_header_offset {:#x} does not leave a 4-byte aligned "
+                    "QXLRam ({} bytes) inside the {}-byte RAM BAR",
+                    offset, sizeof(QXLRam), ram.size()));
+  ramHeaderOffset_ = offset;
+  uint32_t ramMagic;
+  std::memcpy(&ramMagic, ram.data() + offset, sizeof ramMagic);
+  if (ramMagic != QXL_RAM_MAGIC)
+    throw VmmError(
+        fmt::format("the QXLRam header at {:#x} has magic {:#x}, not QXL_RAM_MAGIC {:#x}", offset,
+                    ramMagic, QXL_RAM_MAGIC));
+  if (header.slot_id_bits < 1 || header.slot_id_bits > 8 || header.slot_gen_bits < 1 ||
+      header.slot_gen_bits > 8 || header.slots_start == 0 || header.slots_start >= header.slots_end)
+    throw VmmError(fmt::format(
+        "the ROM's memslot layout is unusable: slots {}..{}, {} id bits, {} "
+        "generation bits (the driver needs two slots, ids >= 1, 1..8 bits)",
+        header.slots_start, header.slots_end, header.slot_id_bits, header.slot_gen_bits));
+  spdlog::info("QXL ROM: id {}, {} surfaces, RAM header at {:#x}, slots {}..{}",
+               uint32_t{header.id}, uint32_t{header.n_surfaces}, offset, header.slots_start,
+               header.slots_end);
+
+  auto* base = ramHeader();
+  std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(base + offsetof(QXLRam, int_mask)))
+      .store(INTERRUPT_MASK);
+
+  // Memslots, as qxl_kms.c's setup_slot: the range into QXLRam.mem_slot, then the IO with the
+  // slot id; the device publishes the slot's generation in the ROM before completing.
+  auto addSlot = [&](uint8_t id, uint64_t start, uint64_t end) {
+    storeField(base, offsetof(QXLRam, mem_slot), QXLMemSlot{start, end});
+    vmm_.ioWrite(QXL_IO_MEMSLOT_ADD_ASYNC, id, true);
+    return std::to_integer<uint8_t>(rom[offsetof(QXLRom, slot_generation)]);
+  };
+  uint8_t ramSlot = header.slots_start;
+  uint8_t vramSlot = header.slots_start + 1;
+  uint8_t ramGen = addSlot(ramSlot, vmm_.ramPhysStart(), vmm_.ramPhysStart() + offset);
+  uint8_t vramGen =
+      addSlot(vramSlot, vmm_.vramPhysStart(), vmm_.vramPhysStart() + vmm_.vram().size());
+  ArenaMapping ramArena{ram.subspan(0, offset), vmm_.ramPhysStart(), ramSlot, ramGen,
+                        header.slot_id_bits,    header.slot_gen_bits};
+  ArenaMapping vramArena{vmm_.vram(), vmm_.vramPhysStart(), vramSlot,
+                         vramGen,     header.slot_id_bits,  header.slot_gen_bits};
+  allocator_ = std::make_unique<DriverAllocator>(ramArena, vramArena);
+  spdlog::info(
+      "memslots: {} = RAM command area ({} KiB, generation {}), {} = VRAM ({} MiB, "
+      "generation {})",
+      ramSlot, offset >> 10, ramGen, vramSlot, vmm_.vram().size() >> 20, vramGen);
+}
+
+void Driver::onInterrupt() {
+  if (ramHeaderOffset_ == 0)
+    return;  // before init(): nothing of ours to look at yet
+  auto* base = ramHeader();
+  std::atomic_ref<uint32_t> pendingRef(
+      *reinterpret_cast<uint32_t*>(base + offsetof(QXLRam, int_pending)));
+  uint32_t pending = pendingRef.load();
+  if (pending == 0)
+    return;
+  // Clear exactly what we handle: bits the device sets meanwhile stay for the next wake-up.
+  pendingRef.fetch_and(~pending);
+  ++stats_.interrupts;
+  // DISPLAY / CURSOR (ring space, releases) and IO_CMD (an async IO done) need no action here:
+  // every wait re-checks the ring or completion it waits on after each loop iteration.
+  if (pending & QXL_INTERRUPT_ERROR) {
+    ++stats_.deviceErrors;
+    if (powerOfTwo(stats_.deviceErrors))
+      spdlog::error(
+          "the QXL device raised QXL_INTERRUPT_ERROR ({} so far): it found a fault in "
+          "what this guest wrote; see the broker's log",
+          stats_.deviceErrors);
+  }
+}
+
+bool Driver::perform(const GuestAction& action) {
+  SB_ASSERT(allocator_, "perform() before init()");
+  if (const auto* command = std::get_if<Command>(&action)) {
+    reclaim();
+    return submit(*command);
+  }
+  return performIo(std::get<IoEvent>(action));
+}
+
+bool Driver::submit(const Command& command) {
+  uint64_t id = nextReleaseId_;
+  for (int round = 0;; ++round) {
+    auto result = materialise(command, id, *allocator_);
+    if (auto* m = std::get_if<Materialised>(&result)) {
+      ++nextReleaseId_;
+      Pending p;
+      p.releaseInfo = allocator_->hostAddress(m->commandAddr, sizeof(QXLReleaseInfo));
+      if (!p.releaseInfo)
+        throw VmmError(
+            fmt::format("the materialiser placed a {} command at {:#x}, outside this "
+                        "driver's memslots",
+                        commandTypeName(command.type), m->commandAddr));
+      p.typeName = commandTypeName(command.type);
+      if (const auto* s = std::get_if<SurfaceCmd>(&command.body)) {
+        if (s->type == QXL_SURFACE_CMD_DESTROY)
+          p.destroysSurface = s->surfaceId;
+        if (s->type == QXL_SURFACE_CMD_CREATE && m->surfaceMemory) {
+          auto [it, inserted] = surfaces_.try_emplace(s->surfaceId, *m->surfaceMemory);
+          if (!inserted) {
+            spdlog::warn(
+                "surface {} created again without a destroy; its old memory is kept "
+                "until all surfaces are destroyed",
+                s->surfaceId);
+            orphanedSurfaces_.push_back(it->second);
+            it->second = *m->surfaceMemory;
+          }
+        }
+      }
+      p.materialised = std::move(*m);
+      auto& stored = pending_.emplace(id, std::move(p)).first->second;
+      push(stored.materialised);
+      ++stats_.commands;
+      ++stats_.commandsByType[stored.typeName];
+      return true;
+    }
+    const auto& error = std::get<MaterialiseError>(result);
+    if (error.kind != MaterialiseErrorKind::OutOfMemory) {
+      ++stats_.notSubmitted;
+      if (powerOfTwo(stats_.notSubmitted))
+        spdlog::warn("a {} command was not submitted ({} so far): {}",
+                     commandTypeName(command.type), stats_.notSubmitted, error.detail);
+      return false;
+    }
+    if (round >= MAX_OOM_ROUNDS)
+      throw VmmError(
+          fmt::format("out of guest memory for a {} command after {} rounds of "
+                      "reclaiming and QXL_IO_NOTIFY_OOM ({}); {} commands outstanding",
+                      commandTypeName(command.type), round, error.detail, pending_.size()));
+    size_t before = pending_.size();
+    reclaim();
+    if (round == 0 && pending_.size() != before)
+      continue;  // released memory may be enough
+    if (pending_.empty())
+      throw VmmError(
+          fmt::format("a {} command does not fit in guest memory with nothing else "
+                      "outstanding ({}); raise --ram-size / --vram-size",
+                      commandTypeName(command.type), error.detail));
+    // As qxl_cmd.c's qxl_alloc_bo_reserved loop: ask the device to release what it can, then
+    // collect it.
+    ++stats_.oomNotifications;
+    vmm_.ioWrite(QXL_IO_NOTIFY_OOM, 0, true);
+    reclaim();
+    if (pending_.size() == before)
+      waitForRelease("the device to release commands after QXL_IO_NOTIFY_OOM");
+  }
+}
+
+void Driver::push(const Materialised& m) {
+  auto* base = ramHeader();
+  RingView ring = m.cursorRing ? RingView(base + offsetof(QXLRam, cursor_ring),
+                                          QXL_CURSOR_RING_SIZE, sizeof(QXLCursorRing_ring_el))
+                               : RingView(base + offsetof(QXLRam, cmd_ring), QXL_COMMAND_RING_SIZE,
+                                          sizeof(QXLCommandRing_ring_el));
+  const char* name = m.cursorRing ? "cursor ring" : "command ring";
+  auto checkIndices = [&] {
+    uint32_t used = ring.used();
+    if (used > ring.capacity())
+      throw VmmError(
+          fmt::format("the {}'s consumer index {} is {} entries behind the producer "
+                      "{}, more than the ring holds: the device broke the ring",
+                      name, ring.cons(), used, ring.prod()));
+    return used;
+  };
+  // SPICE_RING_PROD_WAIT: when full, ask to be told when the device takes one.
+  if (checkIndices() == ring.capacity()) {
+    ring.setNotifyOnCons(ring.cons() + 1);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    vmm_.waitUntil([&] { return checkIndices() < ring.capacity(); },
+                   fmt::format("room on the {}", name));
+  }
+  uint32_t prod = ring.prod();
+  QXLCommand item{};
+  item.data = m.commandAddr;
+  item.type = m.qxlType;
+  std::memcpy(ring.item(prod), &item, sizeof item);
+  // SPICE_RING_PUSH: the item is visible before the index that publishes it.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  ring.setProd(prod + 1);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (prod + 1 == ring.notifyOnProd()) {
+    if (m.cursorRing)
+      vmm_.ringCursorDoorbell();
+    else
+      vmm_.ringCommandDoorbell();
+  }
+}
+
+void Driver::reclaim() {
+  if (!allocator_)
+    return;
+  auto* base = ramHeader();
+  RingView ring(base + offsetof(QXLRam, release_ring), QXL_RELEASE_RING_SIZE,
+                sizeof(QXLReleaseRing_ring_el));
+  for (;;) {
+    uint32_t cons = ring.cons();
+    uint32_t used = ring.prod() - cons;
+    if (used == 0)
+      return;
+    if (used > ring.capacity())
+      throw VmmError(
+          fmt::format("the release ring's producer index {} is {} entries ahead of "
+                      "our consumer index {}, more than the ring holds: the device "
+                      "broke the ring",
+                      ring.prod(), used, cons));
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    uint64_t id;
+    std::memcpy(&id, ring.item(cons), sizeof id);
+    ring.setCons(cons + 1);
+    // Follow the chain (qxl_release.c: each release info's `next`, written by the device over
+    // the id). Bounded by what is outstanding, so a cycle the device made cannot loop forever.
+    size_t hops = 0, limit = pending_.size();
+    while (id != 0) {
+      if (++hops > limit)
+        throw VmmError(
+            fmt::format("the release chain holds more entries than the {} commands "
+                        "outstanding: the device made a cycle or repeated an id",
+                        limit));
+      uint64_t next = 0;
+      releaseOne(id, next);
+      id = next;
+    }
+  }
+}
+
+void Driver::releaseOne(uint64_t id, uint64_t& next) {
+  auto it = pending_.find(id);
+  if (it == pending_.end())
+    throw VmmError(
+        fmt::format("the device released id {}, which is no outstanding command "
+                    "(released twice, or a value the driver never wrote)",
+                    id));
+  Pending& p = it->second;
+  std::memcpy(&next, p.releaseInfo, sizeof next);
+  for (const GuestBlock& block : p.materialised.blocks)
+    allocator_->free(block);
+  if (p.destroysSurface) {
+    auto surface = surfaces_.find(*p.destroysSurface);
+    if (surface != surfaces_.end()) {
+      allocator_->free(surface->second);
+      surfaces_.erase(surface);
+    }
+  }
+  pending_.erase(it);
+  ++stats_.released;
+}
+
+void Driver::waitForRelease(const char* why) {
+  auto* base = ramHeader();
+  RingView ring(base + offsetof(QXLRam, release_ring), QXL_RELEASE_RING_SIZE,
+                sizeof(QXLReleaseRing_ring_el));
+  // SPICE_RING_CONS_WAIT: ask for an interrupt when the next entry arrives.
+  ring.setNotifyOnProd(ring.prod() + 1);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  vmm_.waitUntil([&ring] { return ring.prod() != ring.cons(); }, why);
+}
+
+void Driver::drain() {
+  while (true) {
+    reclaim();
+    if (pending_.empty())
+      return;
+    auto* base = ramHeader();
+    RingView ring(base + offsetof(QXLRam, release_ring), QXL_RELEASE_RING_SIZE,
+                  sizeof(QXLReleaseRing_ring_el));
+    try {
+      // The device may hold a partly built release chain back (QEMU batches them):
+      // QXL_IO_FLUSH_RELEASE pushes it.
+      if (ring.prod() == ring.cons()) {
+        vmm_.ioWrite(QXL_IO_FLUSH_RELEASE, 0, true);
+        reclaim();
+        if (pending_.empty())
+          return;
+      }
+      waitForRelease("the device to release the commands still outstanding");
+    } catch (const VmmError& e) {
+      auto oldest = pending_.begin();
+      for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+        if (it->first < oldest->first)
+          oldest = it;
+      }
+      throw VmmError(
+          fmt::format("{} of {} submitted commands were never released (the oldest: "
+                      "release id {}, a {} command at {:#x}): {}",
+                      pending_.size(), stats_.commands, oldest->first, oldest->second.typeName,
+                      oldest->second.materialised.commandAddr, e.what()));
+    }
+  }
+}
+
+bool Driver::performIo(const IoEvent& io) {
+  ++stats_.ioEvents;
+  std::string name(workerMessageName(io.message));
+  auto skip = [&] {
+    ++stats_.ioSkipped;
+    ++stats_.skippedByName[name];
+    return false;
+  };
+  switch (io.message) {
+    case WorkerMessage::CreatePrimarySurface:
+    case WorkerMessage::CreatePrimarySurfaceAsync:
+      if (!io.primary)
+        return skip();  // spice-server refused it: no surface fields were recorded
+      createPrimary(io);
+      break;
+    case WorkerMessage::DestroyPrimarySurface:
+    case WorkerMessage::DestroyPrimarySurfaceAsync:
+      if (!primary_)
+        return skip();
+      destroyPrimary();
+      break;
+    case WorkerMessage::DestroySurfaces:
+    case WorkerMessage::DestroySurfacesAsync:
+      destroyAllSurfaces();
+      break;
+    case WorkerMessage::Update:
+    case WorkerMessage::UpdateAsync:
+      if (!primary_)
+        return skip();
+      updatePrimary();
+      break;
+    case WorkerMessage::Wakeup:
+      vmm_.ringCommandDoorbell();  // QXL_IO_NOTIFY_CMD is the command doorbell's ioeventfd
+      break;
+    case WorkerMessage::Oom:
+      ++stats_.oomNotifications;
+      vmm_.ioWrite(QXL_IO_NOTIFY_OOM, 0, true);
+      break;
+    case WorkerMessage::MonitorsConfigAsync:
+      monitorsConfig();
+      break;
+    case WorkerMessage::FlushSurfacesAsync:
+      vmm_.ioWrite(QXL_IO_FLUSH_SURFACES_ASYNC, 0, true);
+      break;
+    default:
+      // Memslot messages (this driver manages its own slots), Start, Stop, SetMouseMode,
+      // ResetCursor, ResetImageCache, DestroySurfaceWait (no surface id recorded), ...
+      return skip();
+  }
+  ++stats_.ioByName[name];
+  return true;
+}
+
+void Driver::createPrimary(const IoEvent& io) {
+  const PrimarySurface& s = *io.primary;
+  if (primary_) {
+    spdlog::info("a primary surface exists; destroying it before creating the next one");
+    destroyPrimary();
+  }
+  uint64_t absStride = s.stride < 0 ? -static_cast<int64_t>(s.stride) : s.stride;
+  uint64_t bytes = absStride * s.height;
+  if (s.width == 0 || s.height == 0 || absStride == 0 || bytes > vmm_.vram().size())
+    throw VmmError(
+        fmt::format("cannot create a {}x{} primary with stride {}: {} bytes, the VRAM "
+                    "BAR holds {}; raise --vram-size",
+                    s.width, s.height, s.stride, bytes, vmm_.vram().size()));
+  auto block = allocator_->allocate(Arena::Vram, bytes);
+  if (!block) {
+    reclaim();
+    block = allocator_->allocate(Arena::Vram, bytes);
+  }
+  if (!block)
+    throw VmmError(
+        fmt::format("no room for a {}x{} primary ({} bytes) in VRAM next to the "
+                    "surfaces alive now; raise --vram-size",
+                    s.width, s.height, bytes));
+  if (!s.data.empty())
+    std::memcpy(block->host, s.data.data(), std::min<uint64_t>(bytes, s.data.size()));
+  // `mem` is the lowest address of the pixel block for either stride sign: with a negative stride
+  // line 0 is the last line of the block (mem + (height - 1) * |stride|), as spice-server's
+  // primary surface creation computes it and as QEMU's own host primary (stride -width*4, mem =
+  // the buffer) relies on.
+  QXLSurfaceCreate create{};
+  create.width = s.width;
+  create.height = s.height;
+  create.stride = s.stride;
+  create.format = s.format;
+  create.position = s.position;
+  create.mouse_mode = s.mouseMode;
+  create.flags = s.flags;
+  create.type = s.type;
+  create.mem = block->guestAddr;
+  storeField(ramHeader(), offsetof(QXLRam, create_surface), create);
+  primary_ = *block;
+  primaryWidth_ = s.width;
+  primaryHeight_ = s.height;
+  vmm_.ioWrite(QXL_IO_CREATE_PRIMARY_ASYNC, 0, true);
+}
+
+void Driver::destroyPrimary() {
+  vmm_.ioWrite(QXL_IO_DESTROY_PRIMARY_ASYNC, 0, true);
+  if (primary_)
+    allocator_->free(*primary_);
+  primary_.reset();
+}
+
+void Driver::freeSurfaceMemory() {
+  for (auto& [id, block] : surfaces_)
+    allocator_->free(block);
+  surfaces_.clear();
+  for (const GuestBlock& block : orphanedSurfaces_)
+    allocator_->free(block);
+  orphanedSurfaces_.clear();
+}
+
+void Driver::destroyAllSurfaces() {
+  // Destroys the primary too (spice-server destroys every surface, 0 included).
+  vmm_.ioWrite(QXL_IO_DESTROY_ALL_SURFACES_ASYNC, 0, true);
+  freeSurfaceMemory();
+  if (primary_)
+    allocator_->free(*primary_);
+  primary_.reset();
+}
+
+void Driver::updatePrimary() {
+  auto* base = ramHeader();
+  QXLRect area{};
+  area.top = 0;
+  area.left = 0;
+  area.bottom = static_cast<int32_t>(primaryHeight_);
+  area.right = static_cast<int32_t>(primaryWidth_);
+  storeField(base, offsetof(QXLRam, update_area), area);
+  storeField(base, offsetof(QXLRam, update_surface), uint32_t{0});
+  vmm_.ioWrite(QXL_IO_UPDATE_AREA_ASYNC, 0, true);
+}
+
+void Driver::monitorsConfig() {
+  constexpr size_t bytes = sizeof(QXLMonitorsConfig) + sizeof(QXLHead);
+  // One config block for the driver's life, rewritten each time (qxl_display.c keeps one bo).
+  if (!monitorsConfig_) {
+    monitorsConfig_ = allocator_->allocate(Arena::Ram, bytes);
+    if (!monitorsConfig_) {
+      reclaim();
+      monitorsConfig_ = allocator_->allocate(Arena::Ram, bytes);
+    }
+    if (!monitorsConfig_)
+      throw VmmError("no room in the RAM command area for a monitors config; raise --ram-size");
+  }
+  QXLMonitorsConfig config{};
+  config.count = primary_ ? 1 : 0;
+  config.max_allowed = 1;
+  QXLHead head{};
+  head.id = 0;
+  head.surface_id = 0;
+  head.width = primaryWidth_;
+  head.height = primaryHeight_;
+  std::memcpy(monitorsConfig_->host, &config, sizeof config);
+  std::memcpy(monitorsConfig_->host + sizeof config, &head, sizeof head);
+  storeField(ramHeader(), offsetof(QXLRam, monitors_config), uint64_t{monitorsConfig_->guestAddr});
+  vmm_.ioWrite(QXL_IO_MONITORS_CONFIG_ASYNC, 0, true);
+}
+}  // namespace spicebox::guestsim

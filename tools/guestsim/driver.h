@@ -1,0 +1,110 @@
+// Runs in: spicebox-guestsim (developer tool and test peer; unsandboxed). Input: guest actions
+// (Command trees and IoEvents from a recording or a scenario, trusted), and the device's side of
+// guest memory, written by the broker: the ROM, ring indices, int_pending and the release ring
+// with its QXLReleaseInfo.next chains. Those are range-checked before use: a device that breaks
+// the protocol ends the run with an error naming the fault, it cannot make us write outside
+// our BARs.
+//
+// The QXL guest driver, modelled on the Linux kernel's drivers/gpu/drm/qxl (qxl_kms.c: ROM and
+// memslots; qxl_cmd.c: rings and IO; qxl_irq.c: interrupts; qxl_release.c: the release ring):
+//  - init(): check the ROM, set int_mask, add two memslots (1: the RAM BAR's command area below
+//    the QXLRam header; 2: the VRAM BAR) with QXL_IO_MEMSLOT_ADD_ASYNC.
+//  - perform(): a Command is materialised into guest memory and pushed on the command or cursor
+//    ring; an IoEvent becomes the IO port writes a real driver makes (see perform()).
+//  - released memory comes back through the release ring (reclaim()).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "tools/guestsim/allocator.h"
+#include "tools/guestsim/materialise.h"
+#include "tools/guestsim/scenario.h"
+#include "tools/guestsim/vmm.h"
+
+namespace spicebox::guestsim {
+
+// How many times a command that does not fit is retried after reclaiming (and, from the second
+// round on, after QXL_IO_NOTIFY_OOM and waiting for releases) before the run gives up.
+inline constexpr int MAX_OOM_ROUNDS = 64;
+
+// What the driver did, for the summary line.
+struct DriverStats {
+  uint64_t commands = 0;  // submitted to a ring
+  uint64_t released = 0;  // came back on the release ring
+  uint64_t ioEvents = 0;  // IoEvents performed or skipped
+  uint64_t ioSkipped = 0;
+  uint64_t notSubmitted = 0;  // commands the materialiser could not lay out (Unsupported, ...)
+  uint64_t oomNotifications = 0;
+  uint64_t interrupts = 0;
+  uint64_t deviceErrors = 0;                       // QXL_INTERRUPT_ERROR seen
+  std::map<std::string, uint64_t> commandsByType;  // "DRAW", "SURFACE", ...
+  std::map<std::string, uint64_t> ioByName;        // performed, by recorded worker message name
+  std::map<std::string, uint64_t> skippedByName;   // skipped, same names
+};
+
+class Driver {
+ public:
+  explicit Driver(Vmm& vmm);
+  ~Driver();
+  Driver(const Driver&) = delete;
+  Driver& operator=(const Driver&) = delete;
+
+  // After link: ROM and RAM header checks, interrupts, memslots. Throws VmmError naming what the
+  // device got wrong.
+  void init();
+  // Performs one action. Returns false when it was not performed: a skipped IoEvent (counted by
+  // name), or a command the materialiser refused (counted in notSubmitted; not recorded).
+  bool perform(const GuestAction& action);
+  // Frees what the device released (walks the release ring).
+  void reclaim();
+  // Waits until every submitted command was released. Throws VmmError naming the first command
+  // still outstanding when the device stops releasing.
+  void drain();
+
+  const DriverStats& stats() const { return stats_; }
+  size_t outstanding() const { return pending_.size(); }
+
+ private:
+  struct Pending {
+    Materialised materialised;
+    std::byte* releaseInfo = nullptr;  // QXLReleaseInfo at the start of the command
+    std::string typeName;
+    std::optional<uint32_t> destroysSurface;  // QXL_SURFACE_CMD_DESTROY of this id
+  };
+
+  // The QXLRam header inside our RAM BAR mapping (after init()).
+  std::byte* ramHeader() const;
+  void onInterrupt();
+  bool submit(const Command& command);
+  void push(const Materialised& m);
+  bool performIo(const IoEvent& io);
+  void createPrimary(const IoEvent& io);
+  void destroyPrimary();
+  void destroyAllSurfaces();
+  void updatePrimary();
+  void monitorsConfig();
+  void releaseOne(uint64_t id, uint64_t& next);
+  void waitForRelease(const char* why);
+  void freeSurfaceMemory();
+
+  Vmm& vmm_;
+  std::unique_ptr<DriverAllocator> allocator_;
+  uint64_t ramHeaderOffset_ = 0;
+  uint64_t nextReleaseId_ = 1;  // 0 ends a release chain, so ids start at 1
+  std::unordered_map<uint64_t, Pending> pending_;
+  // Surface pixels (VRAM) by surface id, freed when the DESTROY command is released.
+  std::unordered_map<uint32_t, GuestBlock> surfaces_;
+  std::vector<GuestBlock> orphanedSurfaces_;  // re-created ids; freed at DestroyAllSurfaces
+  std::optional<GuestBlock> primary_;
+  uint32_t primaryWidth_ = 0, primaryHeight_ = 0;
+  std::optional<GuestBlock> monitorsConfig_;
+  DriverStats stats_;
+};
+
+}  // namespace spicebox::guestsim

@@ -1,0 +1,392 @@
+// Runs in: spicebox-guestsim (developer tool and test peer; unsandboxed). Input: the command line,
+// a recording file (hostile: RecordReader checks it), the broker over qxl-link (vmm.h checks it).
+//
+// A VMM and a QXL guest driver in one program: links to a broker (--vmm-socket / --vmm-fd) and
+// plays a recording (--replay) or a scenario (--scenario) through the driver; optionally records
+// what it did (--record-out), also offline, without a broker.
+#include <unistd.h>
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "base/log.h"
+#include "tools/guestsim/driver.h"
+#include "tools/guestsim/scenario.h"
+#include "tools/guestsim/spice-record-writer.h"
+#include "tools/guestsim/spice-record.h"
+#include "tools/guestsim/vmm.h"
+
+namespace {
+
+using namespace spicebox::guestsim;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string vmmSocket;
+  int vmmFd = -1;
+  std::string scenario;
+  std::string replay;
+  uint64_t until = 0;
+  bool loop = false;
+  double rate = 0;
+  uint64_t seed = 1;
+  uint64_t count = 0;
+  std::string recordOut;
+  uint64_t ramMiB = 64;
+  uint64_t vramMiB = 64;
+  std::string logLevel;
+};
+
+// Where the guest's actions come from; reopened for each --loop pass.
+class ActionSource {
+ public:
+  virtual ~ActionSource() = default;
+  virtual std::optional<GuestAction> next() = 0;
+  // Commands per second at most; 0: as fast as the device takes them.
+  virtual double rate() const = 0;
+};
+
+class ReplaySource final : public ActionSource {
+ public:
+  ReplaySource(const std::string& path, double rate) : path_(path), rate_(rate) {
+    auto opened = RecordReader::open(path);
+    if (auto* error = std::get_if<RecordError>(&opened))
+      throw VmmError(fmt::format("cannot replay {}: {}", path, error->toString()));
+    reader_ = std::move(std::get<std::unique_ptr<RecordReader>>(opened));
+  }
+  std::optional<GuestAction> next() override {
+    auto event = reader_->next();
+    if (auto* error = std::get_if<RecordError>(&event))
+      throw VmmError(fmt::format("cannot replay {}: {}", path_, error->toString()));
+    if (std::holds_alternative<EndOfRecording>(event))
+      return std::nullopt;
+    auto& body = std::get<RecordEvent>(event).body;
+    if (auto* command = std::get_if<Command>(&body))
+      return GuestAction(std::move(*command));
+    return GuestAction(std::move(std::get<IoEvent>(body)));
+  }
+  double rate() const override { return rate_; }
+
+ private:
+  std::string path_;
+  double rate_;
+  std::unique_ptr<RecordReader> reader_;
+};
+
+class ScenarioSource final : public ActionSource {
+ public:
+  ScenarioSource(const std::string& name, const ScenarioOptions& options)
+      : scenario_(makeScenario(name, options)) {}
+  std::optional<GuestAction> next() override { return scenario_->next(); }
+  double rate() const override { return scenario_->commandsPerSecond(); }
+
+ private:
+  std::unique_ptr<Scenario> scenario_;
+};
+
+std::unique_ptr<ActionSource> openSource(const Options& o) {
+  if (!o.replay.empty())
+    return std::make_unique<ReplaySource>(o.replay, o.rate);
+  return std::make_unique<ScenarioSource>(o.scenario, ScenarioOptions{o.seed, o.count, o.rate});
+}
+
+// What an offline run (no broker) counts, in the driver's terms.
+void countOffline(const GuestAction& action, DriverStats& stats) {
+  if (const auto* command = std::get_if<Command>(&action)) {
+    static constexpr const char* NAMES[] = {"", "DRAW", "UPDATE", "CURSOR", "MESSAGE", "SURFACE"};
+    ++stats.commands;
+    ++stats.commandsByType[NAMES[static_cast<int>(command->type) % 6]];
+  } else {
+    ++stats.ioEvents;
+    ++stats.ioByName[std::string(workerMessageName(std::get<IoEvent>(action).message))];
+  }
+}
+
+// The one summary line on stdout: "commands: N io: M (skipped: K) released: R; ...".
+std::string summaryLine(const DriverStats& s) {
+  std::string line = fmt::format("commands: {} io: {} (skipped: {}) released: {}", s.commands,
+                                 s.ioEvents, s.ioSkipped, s.released);
+  auto list = [&line](const char* title, const std::map<std::string, uint64_t>& counts) {
+    if (counts.empty())
+      return;
+    line += fmt::format("; {}:", title);
+    const char* sep = " ";
+    for (const auto& [name, n] : counts) {
+      line += fmt::format("{}{} {}", sep, name, n);
+      sep = ", ";
+    }
+  };
+  list("by type", s.commandsByType);
+  list("io performed", s.ioByName);
+  list("io skipped", s.skippedByName);
+  if (s.notSubmitted)
+    line += fmt::format("; not submitted: {}", s.notSubmitted);
+  if (s.oomNotifications)
+    line += fmt::format("; oom notifications: {}", s.oomNotifications);
+  if (s.deviceErrors)
+    line += fmt::format("; device errors: {}", s.deviceErrors);
+  return line;
+}
+
+void printSummary(const DriverStats& s) {
+  std::cout << summaryLine(s) << std::endl;
+}
+
+uint64_t nowNs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+          .count());
+}
+
+class Run {
+ public:
+  Run(const Options& o, uv_loop_t* loop, const StopSignals& stop)
+      : o_(o), loop_(loop), stop_(stop) {}
+
+  // Returns the exit status.
+  int execute() {
+    if (!o_.recordOut.empty()) {
+      auto opened = RecordWriter::open(o_.recordOut);
+      if (auto* error = std::get_if<WriteError>(&opened))
+        throw VmmError(
+            fmt::format("cannot write --record-out {}: {}", o_.recordOut, error->toString()));
+      writer_ = std::move(std::get<std::unique_ptr<RecordWriter>>(opened));
+    }
+    if (o_.vmmFd >= 0 || !o_.vmmSocket.empty()) {
+      vmm_ =
+          std::make_unique<Vmm>(loop_, VmmOptions{8192, o_.ramMiB << 20, o_.vramMiB << 20}, stop_);
+      if (o_.vmmFd >= 0)
+        vmm_->adopt(o_.vmmFd);
+      else
+        vmm_->connect(o_.vmmSocket);
+      vmm_->link();
+      driver_ = std::make_unique<Driver>(*vmm_);
+      driver_->init();
+    }
+    bool untilReached = play();
+    if (untilReached) {
+      finishRecording();
+      printSummary(stats());
+      spdlog::info("--until {} reached: staying linked until SIGTERM / SIGINT", o_.until);
+      vmm_->serveForever();  // ends with StopRequested (or a VmmError when the link closes)
+    }
+    if (driver_)
+      driver_->drain();
+    finishRecording();
+    printSummary(stats());
+    if (stats().notSubmitted != 0) {
+      spdlog::error("{} commands could not be put into guest memory (see the warnings above)",
+                    stats().notSubmitted);
+      return 1;
+    }
+    return 0;
+  }
+
+  const DriverStats& stats() const { return driver_ ? driver_->stats() : offline_; }
+
+  void finishRecording() {
+    if (!writer_)
+      return;
+    auto error = writer_->finish();
+    writer_.reset();
+    if (error)
+      throw VmmError(
+          fmt::format("--record-out {} is incomplete: {}", o_.recordOut, error->toString()));
+  }
+
+ private:
+  // Plays the source (each --loop pass). Returns true when --until stopped it.
+  bool play() {
+    uint64_t submitted = 0;
+    auto source = openSource(o_);
+    Clock::time_point start = Clock::now();
+    uint64_t paced = 0;
+    uint64_t actionsThisPass = 0;
+    for (;;) {
+      std::optional<GuestAction> action = source->next();
+      if (!action) {
+        if (!o_.loop)
+          return false;
+        if (actionsThisPass == 0)
+          throw VmmError("--loop over a source with no actions would spin forever");
+        // As a driver unloading: the primary, then every surface.
+        perform(GuestAction(IoEvent{WorkerMessage::DestroyPrimarySurface, std::nullopt}));
+        perform(GuestAction(IoEvent{WorkerMessage::DestroySurfaces, std::nullopt}));
+        source = openSource(o_);
+        actionsThisPass = 0;
+        spdlog::info("--loop: starting again ({} commands so far)", submitted);
+        continue;
+      }
+      ++actionsThisPass;
+      bool isCommand = std::holds_alternative<Command>(*action);
+      if (isCommand) {
+        if (o_.until != 0 && submitted >= o_.until)
+          return true;
+        if (o_.count != 0 && submitted >= o_.count)
+          return false;
+        double rate = source->rate();
+        if (rate > 0 && vmm_) {
+          // Pacing: command n goes out no earlier than start + n / rate.
+          auto due = start + std::chrono::duration_cast<Clock::duration>(
+                                 std::chrono::duration<double>(paced / rate));
+          ++paced;
+          auto now = Clock::now();
+          if (due > now)
+            vmm_->pause(std::chrono::ceil<std::chrono::milliseconds>(due - now));
+        }
+      }
+      if (perform(*action) && isCommand)
+        ++submitted;
+      if (!vmm_ && (actionsThisPass & 255) == 0) {
+        uv_run(loop_, UV_RUN_NOWAIT);  // offline: notice SIGTERM now and then
+        if (stop_.requested())
+          throw StopRequested();
+      }
+    }
+  }
+
+  bool perform(const GuestAction& action) {
+    bool done = true;
+    if (driver_)
+      done = driver_->perform(action);
+    else
+      countOffline(action, offline_);
+    // Recorded: every command submitted and every IoEvent, skipped ones included (the device
+    // need not see ADD_MEMSLOT or START, but spice-server's replayer of the recording does).
+    if ((done || std::holds_alternative<IoEvent>(action)) && writer_) {
+      std::optional<WriteError> error;
+      if (const auto* command = std::get_if<Command>(&action))
+        error = writer_->writeCommand(*command, nowNs());
+      else
+        error = writer_->writeIo(std::get<IoEvent>(action), nowNs());
+      if (error)
+        throw VmmError(fmt::format("cannot record to {}: {}", o_.recordOut, error->toString()));
+    }
+    return done;
+  }
+
+  const Options& o_;
+  uv_loop_t* loop_;
+  const StopSignals& stop_;
+  std::unique_ptr<RecordWriter> writer_;
+  // Declared after vmm_, so destroyed first: it unregisters its interrupt handler from the VMM.
+  std::unique_ptr<Vmm> vmm_;
+  std::unique_ptr<Driver> driver_;
+  DriverStats offline_;
+};
+
+int runGuestsim(const Options& o) {
+  uv_loop_t loop;
+  if (int rc = uv_loop_init(&loop); rc != 0) {
+    spdlog::error("cannot create the event loop: {}", uv_strerror(rc));
+    return 1;
+  }
+  int status = 1;
+  {
+    StopSignals stop(&loop);
+    Run run(o, &loop, stop);
+    try {
+      status = run.execute();
+    } catch (const StopRequested&) {
+      spdlog::info("stopping on SIGTERM / SIGINT");
+      try {
+        run.finishRecording();
+        status = 0;
+      } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+        status = 1;
+      }
+      if (o.until == 0)
+        printSummary(run.stats());
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+      try {
+        run.finishRecording();
+      } catch (const std::exception& inner) {
+        spdlog::error("{}", inner.what());
+      }
+      if (run.stats().commands + run.stats().ioEvents != 0)
+        printSummary(run.stats());  // what was done before the failure
+      status = 1;
+    }
+  }
+  // Let the close callbacks free the handles' memory (base/uv-handle.h).
+  for (int i = 0; i < 8 && uv_loop_alive(&loop); ++i)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  uv_loop_close(&loop);
+  return status;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{
+      "spicebox-guestsim: a VMM and a QXL guest driver in one program. Links to a spicebox-broker "
+      "over qxl-link and plays a recording or a scenario through the QXL device, or (with "
+      "--record-out and no broker) writes the actions to a recording only."};
+  auto* socket = app.add_option("--vmm-socket", o.vmmSocket,
+                                "The broker's qxl-link socket (spicebox-broker --vmm-socket)");
+  auto* fd = app.add_option("--vmm-fd", o.vmmFd, "An inherited, connected qxl-link socket")
+                 ->check(CLI::Range(0, 1 << 20));
+  socket->excludes(fd);
+  auto* scenario = app.add_option("--scenario", o.scenario, "A built-in workload")
+                       ->check(CLI::IsMember(scenarioNames()));
+  auto* replay = app.add_option("--replay", o.replay,
+                                "A spice-server QXL recording (SPICE_REPLAY 1, .xz read directly)")
+                     ->check(CLI::ExistingFile);
+  scenario->excludes(replay);
+  app.add_option("--until", o.until,
+                 "After N commands stop submitting, print the summary and stay linked until "
+                 "SIGTERM / SIGINT");
+  app.add_flag("--loop", o.loop,
+               "At the end, destroy the primary and every surface and start again");
+  app.add_option("--rate", o.rate,
+                 "At most R commands per second (default: as fast as the device "
+                 "takes them)")
+      ->check(CLI::Range(0.0, 1e9));
+  app.add_option("--seed", o.seed, "Scenario random seed")->capture_default_str();
+  app.add_option("--count", o.count, "Stop after N commands");
+  app.add_option("--record-out", o.recordOut,
+                 "Also write every action performed to this recording (.xz: compressed)");
+  app.add_option("--ram-size", o.ramMiB, "RAM BAR size in MiB")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--vram-size", o.vramMiB, "VRAM BAR size in MiB")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--log-level", o.logLevel,
+                 "trace, debug, info, warn or error (default: info, or $SPICEBOX_LOG)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  CLI11_PARSE(app, argc, argv);
+
+  spicebox::base::initLogging("guestsim", STDERR_FILENO, o.logLevel);
+  if (o.scenario.empty() && o.replay.empty()) {
+    spdlog::error("nothing to play: pass --scenario NAME or --replay FILE");
+    return 2;
+  }
+  bool linked = o.vmmFd >= 0 || !o.vmmSocket.empty();
+  if (!linked) {
+    if (o.recordOut.empty()) {
+      spdlog::error(
+          "no broker and nothing to record: pass --vmm-socket PATH or --vmm-fd N, or "
+          "--record-out FILE to generate a recording offline");
+      return 2;
+    }
+    if (o.loop || o.until != 0) {
+      spdlog::error("--loop and --until need a broker (--vmm-socket or --vmm-fd)");
+      return 2;
+    }
+    // all-draws ends by itself; the other scenarios run forever without a bound.
+    if (!o.scenario.empty() && o.scenario != "all-draws" && o.count == 0) {
+      spdlog::error("scenario {} runs forever: pass --count N to record it offline", o.scenario);
+      return 2;
+    }
+  }
+  return runGuestsim(o);
+}
