@@ -8,6 +8,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <spice/enums.h>
+
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <functional>
@@ -91,21 +93,74 @@ uint32_t run(Worker& worker, const std::vector<SlotSpec>* slots,
   return worker.runBatch(b.build(1, slots, commands));
 }
 
-TEST_CASE("valid commands of every type are copied and counted", "[worker]") {
+TEST_CASE("valid commands of every type are decoded, counted and handed to the hook", "[worker]") {
   FakeGuest guest;
   Worker worker;
+  std::vector<qxlcmd::Command> seen;
+  std::vector<size_t> surfaceBytes;
+  worker.setCommandHook(
+      [&seen, &surfaceBytes](const qxlcmd::Command& cmd, const CommandContext& context) {
+        seen.push_back(cmd);
+        surfaceBytes.push_back(context.surfaceMemory.size());
+      });
   worker.attach(guest.view());
+  // Zeroed memory is a valid NOP drawable, update, empty message and cursor SET without shape;
+  // the surface command needs a real create: 4x4 xRGB whose pixels follow it.
   const uint64_t at = encode(SLOT, GENERATION, RAM_PHYS + 4096);
+  QXLSurfaceCmd surface{};
+  surface.surface_id = 3;
+  surface.type = QXL_SURFACE_CMD_CREATE;
+  surface.u.surface_create.format = SPICE_SURFACE_FMT_32_xRGB;
+  surface.u.surface_create.width = 4;
+  surface.u.surface_create.height = 4;
+  surface.u.surface_create.stride = 16;
+  surface.u.surface_create.data = encode(SLOT, GENERATION, RAM_PHYS + 16384);
+  std::memcpy(guest.ram.data() + 8192, &surface, sizeof surface);
+  const uint64_t surfaceAt = encode(SLOT, GENERATION, RAM_PHYS + 8192);
   std::vector<CommandSpec> commands = {{Ring::DISPLAY, at, QXL_CMD_DRAW},
                                        {Ring::DISPLAY, at, QXL_CMD_UPDATE},
                                        {Ring::DISPLAY, at, QXL_CMD_MESSAGE},
-                                       {Ring::DISPLAY, at, QXL_CMD_SURFACE},
+                                       {Ring::DISPLAY, surfaceAt, QXL_CMD_SURFACE},
                                        {Ring::CURSOR, at, QXL_CMD_CURSOR}};
   CHECK(run(worker, &RAM_SLOT, commands) == 0);
   CHECK(worker.stats().commands == 5);
   CHECK(worker.stats().draws == 1);
   CHECK(worker.stats().cursors == 1);
   CHECK(worker.stats().rejected == 0);
+  REQUIRE(seen.size() == 5);
+  CHECK(seen[0].type == qxlcmd::CommandType::Draw);
+  CHECK(seen[3].type == qxlcmd::CommandType::Surface);
+  CHECK(std::get<qxlcmd::SurfaceCmd>(seen[3].body).surfaceId == 3);
+  CHECK(surfaceBytes == std::vector<size_t>{0, 0, 0, 64, 0});
+  CHECK(seen[4].type == qxlcmd::CommandType::Cursor);
+}
+
+TEST_CASE("decode-errors: rejected, counted by kind, never handed to the hook",
+          "[worker][hostile]") {
+  FakeGuest guest;
+  Worker worker;
+  size_t hooked = 0;
+  worker.setCommandHook([&hooked](const qxlcmd::Command&, const CommandContext&) { ++hooked; });
+  worker.attach(guest.view());
+  QXLDrawable draw{};
+  draw.type = 200;  // no QXL_DRAW_*
+  std::memcpy(guest.ram.data(), &draw, sizeof draw);
+  QXLSurfaceCmd surface{};
+  surface.surface_id = 5000;  // beyond n_surfaces
+  surface.type = QXL_SURFACE_CMD_DESTROY;
+  std::memcpy(guest.ram.data() + 4096, &surface, sizeof surface);
+  std::vector<CommandSpec> commands = {
+      {Ring::DISPLAY, encode(SLOT, GENERATION, RAM_PHYS), QXL_CMD_DRAW},
+      {Ring::DISPLAY, encode(SLOT, GENERATION, RAM_PHYS), QXL_CMD_DRAW},
+      {Ring::DISPLAY, encode(SLOT, GENERATION, RAM_PHYS + 4096), QXL_CMD_SURFACE},
+      {Ring::DISPLAY, encode(SLOT, GENERATION, RAM_PHYS + 8192), QXL_CMD_UPDATE},
+  };
+  CHECK(run(worker, &RAM_SLOT, commands) == 3);
+  CHECK(hooked == 1);
+  CHECK(worker.stats().rejected == 3);
+  const auto& byKind = worker.stats().rejectedByKind;
+  CHECK(byKind[static_cast<size_t>(DecodeErrorKind::UnknownDrawType)] == 2);
+  CHECK(byKind[static_cast<size_t>(DecodeErrorKind::SurfaceIdOutOfRange)] == 1);
 }
 
 TEST_CASE("commands-before-guest-memory: rejected", "[worker][hostile]") {
@@ -159,6 +214,10 @@ TEST_CASE("wrong-generation and unknown-slot: rejected", "[worker][hostile]") {
       {Ring::DISPLAY, encode(255, GENERATION, RAM_PHYS), QXL_CMD_UPDATE},  // beyond slots_end
   };
   CHECK(run(worker, &RAM_SLOT, commands) == commands.size());
+  const auto& byKind = worker.stats().rejectedByKind;
+  CHECK(byKind[static_cast<size_t>(DecodeErrorKind::GenerationMismatch)] == 2);
+  CHECK(byKind[static_cast<size_t>(DecodeErrorKind::SlotNotActive)] == 1);
+  CHECK(byKind[static_cast<size_t>(DecodeErrorKind::SlotOutOfRange)] == 2);
 }
 
 TEST_CASE("unknown-type and wrong-ring: rejected", "[worker][hostile]") {
@@ -173,6 +232,9 @@ TEST_CASE("unknown-type and wrong-ring: rejected", "[worker][hostile]") {
   };
   CHECK(run(worker, &RAM_SLOT, commands) == commands.size());
   CHECK(worker.stats().rejected == commands.size());
+  CHECK(worker.stats().rejectedByKind[static_cast<size_t>(DecodeErrorKind::UnknownCommandType)] ==
+        3);
+  CHECK(worker.stats().rejectedByKind[static_cast<size_t>(DecodeErrorKind::WrongRing)] == 3);
 }
 
 TEST_CASE("memslots-outside-guest-memory: the replica refuses them, commands rejected",

@@ -1,4 +1,5 @@
-// Runs in: renderer (sandboxed). Input: see worker.h. Guest memory is read only in copyIn().
+// Runs in: renderer (sandboxed). Input: see worker.h. Guest memory is read only through
+// SlotMemory, by the decoder (qxl-decode.cpp).
 #include "renderer/worker.h"
 
 #include <spdlog/spdlog.h>
@@ -30,40 +31,16 @@ bool powerOfTwo(uint64_t n) {
   return n != 0 && (n & (n - 1)) == 0;
 }
 
-const char* describe(CommandFault fault) {
-  switch (fault) {
-    case CommandFault::NoGuestMemory:
-      return "no guest memory mapped";
-    case CommandFault::NoMemslots:
-      return "no memslot table yet";
-    case CommandFault::UnknownType:
-      return "unknown command type";
-    case CommandFault::WrongRing:
-      return "command type on the wrong ring";
-    case CommandFault::AddressUnusable:
-      return "address outside every memslot";
-  }
-  return "unknown fault";
-}
-
-// The fixed structure a command of `type` points at, and the ring it belongs on.
-struct CommandShape {
-  size_t size = 0;
-  Ring ring = Ring::DISPLAY;
-};
-
-std::optional<CommandShape> shapeOf(uint32_t type) {
+// The ring each command type belongs on (the broker copies type and address out of the ring).
+std::optional<Ring> ringOf(uint32_t type) {
   switch (type) {
     case QXL_CMD_DRAW:
-      return CommandShape{sizeof(QXLDrawable), Ring::DISPLAY};
     case QXL_CMD_UPDATE:
-      return CommandShape{sizeof(QXLUpdateCmd), Ring::DISPLAY};
     case QXL_CMD_MESSAGE:
-      return CommandShape{sizeof(QXLMessage), Ring::DISPLAY};
     case QXL_CMD_SURFACE:
-      return CommandShape{sizeof(QXLSurfaceCmd), Ring::DISPLAY};
+      return Ring::DISPLAY;
     case QXL_CMD_CURSOR:
-      return CommandShape{sizeof(QXLCursorCmd), Ring::CURSOR};
+      return Ring::CURSOR;
     default:
       return std::nullopt;
   }
@@ -149,11 +126,9 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
     auto item = items[i];
     switch (item.which()) {
       case WorkItem::COMMAND:
-        if (auto fault = runCommand(item.getCommand())) {
+        if (auto error = runCommand(item.getCommand())) {
           ++rejected;
-          if (powerOfTwo(++stats_.rejected))
-            spdlog::warn("guest command rejected ({}): {} so far", describe(*fault),
-                         stats_.rejected);
+          reject(*error);
         } else {
           ++stats_.commands;
         }
@@ -238,43 +213,41 @@ void Worker::loadMemslots(capnp::List<ipc::render::Memslot>::Reader slots) {
   }
 }
 
-std::optional<CommandFault> Worker::copyIn(uint64_t addr, void* out, size_t size) const {
-  if (!view_)
-    return CommandFault::NoGuestMemory;
-  if (!slots_)
-    return CommandFault::NoMemslots;
-  auto where = slots_->translate(addr, size);
-  const auto* at = std::get_if<qxl::BarOffset>(&where);
-  if (!at)
-    return CommandFault::AddressUnusable;
-  std::span<const std::byte> bar = at->bar == qxl::BarId::Vram ? view_->vram : view_->ram;
-  // The table's BAR ranges are the mapping sizes, so this holds; checked again because a
-  // mistake here would read outside the mapping.
-  if (at->offset > bar.size() || size > bar.size() - at->offset)
-    return CommandFault::AddressUnusable;
-  std::memcpy(out, bar.data() + at->offset, size);
-  return std::nullopt;
+void Worker::reject(const DecodeError& error) {
+  ++stats_.rejected;
+  const auto kind = static_cast<size_t>(error.kind);
+  // The kind comes from our own enum; guarded anyway so a new kind cannot index past the array.
+  const uint64_t n = kind < stats_.rejectedByKind.size() ? ++stats_.rejectedByKind[kind] : 1;
+  if (powerOfTwo(n))
+    spdlog::warn("guest command rejected, not drawn ({}: {}); {} of this kind so far, {} in all",
+                 decodeErrorName(error.kind), error.detail, n, stats_.rejected);
 }
 
-std::optional<CommandFault> Worker::runCommand(Command::Reader command) {
-  auto shape = shapeOf(command.getType());
-  if (!shape)
-    return CommandFault::UnknownType;
-  if (shape->ring != command.getRing())
-    return CommandFault::WrongRing;
-  // One copy of the fixed part, big enough for any of the five; only the copy is used below.
-  union {
-    QXLDrawable drawable;
-    QXLUpdateCmd update;
-    QXLMessage message;
-    QXLSurfaceCmd surface;
-    QXLCursorCmd cursor;
-  } local;
-  if (auto fault = copyIn(command.getAddr(), &local, shape->size))
-    return fault;
-  // TODO(issue-4): decode the local copy (renderer/qxl-decode) into a DrawCommand and draw it
-  // with pixman; chunks, images and clip rects are copied through copyIn() the same way.
-  switch (command.getType()) {
+std::optional<DecodeError> Worker::runCommand(Command::Reader command) {
+  const uint32_t type = command.getType();
+  auto ring = ringOf(type);
+  if (!ring)
+    return DecodeError{DecodeErrorKind::UnknownCommandType,
+                       fmt::format("command type {} is no QXL_CMD_*", type)};
+  if (*ring != command.getRing())
+    return DecodeError{DecodeErrorKind::WrongRing,
+                       fmt::format("command type {} on the wrong ring", type)};
+  if (!view_)
+    return DecodeError{DecodeErrorKind::NoGuestMemory, "no guest memory mapped"};
+  if (!slots_)
+    return DecodeError{DecodeErrorKind::NoMemslots, "no memslot table yet"};
+  SlotMemory memory(*slots_, *view_);
+  SurfaceMemory surface;
+  auto decoded = decodeCommand(memory, type, command.getAddr(), &surface);
+  if (auto* error = std::get_if<DecodeError>(&decoded))
+    return std::move(*error);
+  CommandContext context;
+  if (surface.size > 0) {
+    auto located = memory.locate(surface.guestAddr, surface.size);
+    if (auto* span = std::get_if<std::span<std::byte>>(&located))
+      context.surfaceMemory = *span;
+  }
+  switch (type) {
     case QXL_CMD_DRAW:
       ++stats_.draws;
       break;
@@ -291,6 +264,8 @@ std::optional<CommandFault> Worker::runCommand(Command::Reader command) {
       ++stats_.cursors;
       break;
   }
+  if (hook_)
+    hook_(std::get<qxlcmd::Command>(decoded), context);
   return std::nullopt;
 }
 

@@ -1,14 +1,16 @@
 // Runs in: renderer (sandboxed). Input: batches from the broker (trusted, range-checked anyway:
 // a broker bug must not become a memory error here) whose commands point into guest memory
 // (hostile, changes while read). The only code of the renderer that follows guest addresses:
-// every one goes through the memslot replica with a bounds check of the whole structure, and
-// each structure is copied into local memory once before anything looks at it (no double fetch).
+// every one goes through the memslot replica (SlotMemory) into the decoder (qxl-decode.h), which
+// copies each structure once and validates the copy; only decoded trees reach the hook.
 #pragma once
 
 #include <spice/qxl_dev.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -17,16 +19,9 @@
 #include "base/fd.h"
 #include "broker/qxl/memslot.h"
 #include "ipc/render.capnp.h"
+#include "renderer/qxl-decode.h"
 
 namespace spicebox::renderer {
-
-// The guest's RAM and VRAM as the renderer sees them, and where the guest placed them.
-struct GuestView {
-  std::span<std::byte> ram;
-  std::span<std::byte> vram;
-  uint64_t ramPhysStart = 0;
-  uint64_t vramPhysStart = 0;
-};
 
 // The guestMemory descriptors, mapped MAP_SHARED read-write (the renderer writes surfaces on
 // UPDATE_AREA). Unmapped on destruction. The broker checked the memfds are sealed against
@@ -50,25 +45,29 @@ class GuestMapping {
   GuestView view_;
 };
 
-// Why a command was not read; each has a hostile test named after it.
-enum class CommandFault : uint8_t {
-  NoGuestMemory,    // no guestMemory (or dropped): nothing can translate
-  NoMemslots,       // no memslots item since guest memory was attached
-  UnknownType,      // QXLCommand type that is no QXL_CMD_* we read
-  WrongRing,        // a cursor command on the display ring, or the other way round
-  AddressUnusable,  // memslot translation refused (see MemslotError)
-};
-
 struct WorkerStats {
   uint64_t batches = 0;
   uint64_t commands = 0;  // commands copied out and accepted
-  uint64_t rejected = 0;  // commands refused (CommandFault)
+  uint64_t rejected = 0;  // commands refused (DecodeError), never drawn
   uint64_t draws = 0, updates = 0, cursors = 0, messages = 0, surfaceCmds = 0;
   uint64_t memslotTables = 0;
   uint64_t badMemslots = 0;   // broker-sent slots the replica refused (a broker bug)
   uint64_t droppedItems = 0;  // items beyond maxItemsPerBatch (a broker bug)
   uint64_t updateAreas = 0;
+  // Rejections by DecodeErrorKind (the index); also drives the per-kind log rate limit.
+  std::array<uint64_t, DECODE_ERROR_KIND_COUNT> rejectedByKind{};
 };
+
+// What the rasteriser gets with each decoded command besides the tree.
+struct CommandContext {
+  // Surface create: the surface's pixels in guest memory (validated: the whole
+  // height * |stride| range lies in one slot), lowest address first. Empty otherwise.
+  std::span<std::byte> surfaceMemory;
+};
+
+// Called once per successfully decoded command, in ring order. The tree and the span are
+// valid during the call only.
+using CommandHook = std::function<void(const qxlcmd::Command&, const CommandContext&)>;
 
 // A primary surface as announced by the device (the pixels stay in guest memory).
 struct PrimaryState {
@@ -88,21 +87,25 @@ class Worker {
   // Runs every item of one batch, in order. Returns how many commands were rejected.
   uint32_t runBatch(ipc::render::Batch::Reader batch);
 
+  // Where decoded commands go (the rasteriser); a no-op until set.
+  void setCommandHook(CommandHook hook) { hook_ = std::move(hook); }
+
   const WorkerStats& stats() const { return stats_; }
   const std::optional<PrimaryState>& primary() const { return primary_; }
   bool hasMemslots() const { return slots_.has_value(); }
 
  private:
-  std::optional<CommandFault> runCommand(ipc::render::Command::Reader command);
+  // Decodes one command and hands it to the hook; the error when it is rejected.
+  std::optional<DecodeError> runCommand(ipc::render::Command::Reader command);
   void loadMemslots(capnp::List<ipc::render::Memslot>::Reader slots);
-  // Translates [addr, addr + size) and copies it into `out` (size bytes). The single read of
-  // that guest memory.
-  std::optional<CommandFault> copyIn(uint64_t addr, void* out, size_t size) const;
+  // Counts a rejection and logs it at the 1st, 2nd, 4th, 8th ... time of its kind.
+  void reject(const DecodeError& error);
 
   std::optional<GuestView> view_;
   std::optional<qxl::MemslotTable> slots_;
   std::optional<PrimaryState> primary_;
   WorkerStats stats_;
+  CommandHook hook_;
 };
 
 }  // namespace spicebox::renderer
