@@ -1,0 +1,127 @@
+// Runs in: renderer (sandboxed). Input: qxlcmd::Command trees built by the decoder from guest
+// memory. The decoder has checked strides, data sizes, palettes and layouts, but every value is
+// still the guest's: ids, rectangles, positions and sizes are range-checked here again and every
+// draw is clipped to its target surface, so no command can make us read or write outside the
+// images we own. Output: pixels in pixman images (the primary's memory is the caller's) and the
+// damage each batch left on the primary.
+//
+// The rules follow libspice-server's software canvas (spice-common canvas_base.c, sw_canvas.c,
+// pixman_utils.c), because the goal is pixel-exact equality with it: raw bit operations for
+// ROPs, fills and blits (the 32 bpp "x" byte is kept as the guest wrote it), pixman compositing
+// where the reference composites (scaling, alpha blending, COMPOSITE).
+#pragma once
+
+#include <pixman.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "renderer/qxl-command.h"
+
+namespace spicebox::renderer {
+
+// Why a command could not be (fully) drawn. Each value names what the guest did wrong.
+enum class RasterError : uint8_t {
+  SurfaceIdOutOfRange,       // id >= MAX_SURFACES
+  SurfaceAlreadyExists,      // create of an id that is live (double create)
+  SurfaceUnknown,            // destroy of / draw on an id that is not live
+  UnsupportedSurfaceFormat,  // not one of SPICE_SURFACE_FMT_{1_A,8_A,16_555,16_565,32_xRGB,32_ARGB}
+  BadSurfaceSize,            // zero or above MAX_SURFACE_DIMENSION, or |stride| too small
+  SurfaceMemoryTooSmall,     // createPrimary: the caller's span cannot hold height * stride
+  SourceSurfaceUnknown,      // an image of type SURFACE names a surface that is not live
+  UnsupportedImage,          // QUIC and other compressed images, unknown bitmap formats
+  BadImage,                  // bitmap data, palette or size inconsistent (decoder should catch)
+  BadDrawType,               // unknown QXL_DRAW_* or payload/type mismatch
+  BadGlyphString,            // glyph records run past the string data
+  BadCursor,                 // cursor data shorter than its shape needs
+  UnsupportedCursor,         // cursor type we do not convert
+  CursorTooLarge,            // width or height above MAX_CURSOR_DIMENSION
+  BadArea,                   // updateArea: rectangle or guest memory does not fit
+};
+std::string_view describe(RasterError error);
+
+using RasterResult = std::optional<RasterError>;  // nullopt: success
+
+// Limits. Each is far above what a real QXL device allows, and low enough that a hostile value
+// cannot make us allocate gigabytes.
+inline constexpr uint32_t MAX_SURFACES = 1024;  // QXL ROM n_surfaces of every real device
+// 16384 px: QXL VRAM is at most 256 MiB; 16384^2 * 4 would already exceed it.
+inline constexpr uint32_t MAX_SURFACE_DIMENSION = 16384;
+// spice-server refuses cursors above 512 x 512 (and real cursors are 64 x 64 or less).
+inline constexpr uint16_t MAX_CURSOR_DIMENSION = 512;
+
+struct PixmanImageDeleter {
+  void operator()(pixman_image_t* image) const { pixman_image_unref(image); }
+};
+using PixmanImage = std::unique_ptr<pixman_image_t, PixmanImageDeleter>;
+
+struct Surface {
+  uint32_t format = 0;  // SPICE_SURFACE_FMT_*
+  uint32_t width = 0, height = 0;
+  // What is drawn on. Its bits are `owned` (offscreen surfaces, a non-32 bpp primary) or the
+  // caller's memory (a 32 bpp primary).
+  PixmanImage image;
+  std::vector<uint32_t> owned;
+  // Non-32 bpp primary only: the 32 bpp image in the caller's memory that is shown.
+  PixmanImage shadow;
+};
+
+// A sanitised cursor: ARGB32 (premultiplied no; straight alpha) pixels, row-major, no padding.
+struct SanitisedCursor {
+  uint16_t width = 0, height = 0;
+  uint16_t hotSpotX = 0, hotSpotY = 0;  // clamped into the shape
+  std::vector<uint32_t> pixels;         // width * height
+};
+std::variant<SanitisedCursor, RasterError> sanitiseCursor(const qxlcmd::CursorShape& shape);
+
+class Rasteriser {
+ public:
+  Rasteriser();
+  ~Rasteriser();
+  Rasteriser(const Rasteriser&) = delete;
+  Rasteriser& operator=(const Rasteriser&) = delete;
+
+  // Surface 0 on the caller's memory (later: a broker-owned display segment). For a 32 bpp
+  // format the surface is drawn straight into `memory` (`stride` bytes per row, top row first).
+  // For any other format the rasteriser draws into its own image of that format and `memory`
+  // holds the 32 bpp x8r8g8b8 shadow that is shown (`stride` is the shadow's), refreshed after
+  // each draw. `memory` must outlive the surface and be 4-byte aligned.
+  RasterResult createPrimary(uint32_t width, uint32_t height, int32_t stride, uint32_t format,
+                             std::span<std::byte> memory);
+  RasterResult destroyPrimary() { return destroySurface(0); }
+
+  // QXL_SURFACE_CMD_CREATE / _DESTROY of an offscreen surface (memory owned here; KEEP_DATA
+  // initialises it from the command's data, otherwise it starts zeroed as in spice-server).
+  RasterResult apply(const qxlcmd::SurfaceCmd& cmd);
+  RasterResult destroySurface(uint32_t id);
+  void destroyAll();
+
+  // One QXL draw command on its surface. Damage on the primary accumulates until takeDamage().
+  RasterResult draw(const qxlcmd::Drawable& drawable);
+
+  // Copies the rendered pixels of `area` (clipped to the surface) of surface `id` into
+  // `guestMemory`, laid out like the surface (rows of `stride` bytes, top row first; a negative
+  // stride means the top row is the last one in memory, as for QXL surfaces).
+  RasterResult updateArea(uint32_t id, const qxlcmd::Rect& area, std::span<std::byte> guestMemory,
+                          int32_t stride);
+
+  // The primary's changed rectangles since the last call, coalesced (y-x banded, disjoint).
+  std::vector<qxlcmd::Rect> takeDamage();
+
+  const Surface* surface(uint32_t id) const;
+  // The 32 bpp image that is shown for the primary (the shadow in VGA modes), or null.
+  pixman_image_t* displayImage() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace spicebox::renderer
