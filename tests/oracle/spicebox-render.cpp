@@ -1,0 +1,159 @@
+// Runs in: tests (developer machine / CI), as
+//   spicebox-render-recording FILE [--at N,...] [--every K] [--last] --out-prefix PREFIX
+// Input: a SPICE_REPLAY 1 recording (plain or .xz), read by guestsim's checked RecordReader.
+//
+// spicebox's side of the oracle comparison: the recording's commands drawn by the renderer's
+// Rasteriser, the primary written as PNG after the same command counts spicebox-render-oracle
+// uses for libspice-server, so the two can be compared pixel by pixel. The trees are drawn as the
+// reader produced them; that the renderer's decoder yields the very same trees from guest memory
+// is shown for every command of the shared recordings by renderer-decode-tests.
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+#include <CLI/CLI.hpp>
+
+#include <spice/enums.h>
+
+#include <cstring>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "base/log.h"
+#include "renderer/raster.h"
+#include "tests/oracle/png-image.h"
+#include "tools/guestsim/spice-record.h"
+
+namespace {
+
+using namespace spicebox;
+
+struct Primary {
+  uint32_t width = 0, height = 0;
+  uint32_t format = 0;
+  std::vector<uint32_t> pixels;  // width * height, top row first (4-byte aligned)
+};
+
+// The recorded pixels of a created primary: `data` is the memory block from its lowest address;
+// with a negative stride the top row is the last one in memory.
+void loadPrimary(Primary& p, const guestsim::PrimarySurface& s) {
+  const size_t rowBytes = static_cast<size_t>(p.width) * 4;
+  const size_t absStride = static_cast<size_t>(s.stride < 0 ? -int64_t{s.stride} : s.stride);
+  if (s.data.size() < absStride * p.height || absStride < rowBytes)
+    return;  // no (or short) data: the primary starts black, as the replayer's zeroed memory
+  auto* out = reinterpret_cast<uint8_t*>(p.pixels.data());
+  for (uint32_t y = 0; y < p.height; ++y) {
+    const size_t srcRow = s.stride < 0 ? p.height - 1 - y : y;
+    std::memcpy(out + y * rowBytes, s.data.data() + srcRow * absStride, rowBytes);
+  }
+}
+
+bool writeSnapshot(const Primary& p, uint64_t command, const std::string& prefix) {
+  oracle::SurfaceView view{reinterpret_cast<const uint8_t*>(p.pixels.data()),
+                           p.pixels.size() * 4,
+                           p.width,
+                           p.height,
+                           static_cast<int32_t>(p.width * 4),
+                           SPICE_SURFACE_FMT_32_xRGB};
+  auto rgb = oracle::surfaceToRgb(view);
+  if (auto* error = std::get_if<std::string>(&rgb)) {
+    spdlog::error("primary after command {}: {}", command, *error);
+    return false;
+  }
+  const std::string path = prefix + "-" + std::to_string(command) + ".png";
+  if (auto error = oracle::writePng(path, std::get<oracle::RgbImage>(rgb)); !error.empty()) {
+    spdlog::error("writing {}: {}", path, error);
+    return false;
+  }
+  fmt::print("primary after command {}: {}x{} written to {}\n", command, p.width, p.height, path);
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string file, prefix;
+  std::vector<uint64_t> at;
+  uint64_t every = 0;
+  bool last = false;
+  CLI::App app{
+      "spicebox-render-recording: draws a QXL recording with spicebox's rasteriser and writes "
+      "the primary as PNG after chosen commands (the counterpart of spicebox-render-oracle)."};
+  app.add_option("file", file, "SPICE_REPLAY 1 recording (.xz read directly)")->required();
+  app.add_option("--at", at, "Command counts to snapshot at")->delimiter(',');
+  app.add_option("--every", every, "Also every K-th command");
+  app.add_flag("--last", last, "Also after the last command");
+  app.add_option("--out-prefix", prefix, "Writes PREFIX-N.png")->required();
+  CLI11_PARSE(app, argc, argv);
+  base::initLogging("render-recording", STDERR_FILENO, "");
+
+  auto opened = guestsim::RecordReader::open(file);
+  if (auto* error = std::get_if<guestsim::RecordError>(&opened)) {
+    spdlog::error("{}: {}", file, error->toString());
+    return 2;
+  }
+  auto& reader = *std::get<std::unique_ptr<guestsim::RecordReader>>(opened);
+  const std::set<uint64_t> wanted(at.begin(), at.end());
+
+  renderer::Rasteriser raster;
+  Primary primary;
+  bool havePrimary = false;
+  uint64_t commands = 0, failures = 0, lastSnapshot = 0;
+  for (;;) {
+    auto next = reader.next();
+    if (std::holds_alternative<guestsim::EndOfRecording>(next))
+      break;
+    if (auto* error = std::get_if<guestsim::RecordError>(&next)) {
+      spdlog::error("{}: {}", file, error->toString());
+      return 1;
+    }
+    const auto& event = std::get<guestsim::RecordEvent>(next);
+    if (const auto* io = std::get_if<guestsim::IoEvent>(&event.body)) {
+      using M = guestsim::WorkerMessage;
+      if ((io->message == M::CreatePrimarySurface || io->message == M::CreatePrimarySurfaceAsync) &&
+          io->primary) {
+        const auto& s = *io->primary;
+        primary = Primary{s.width, s.height, s.format,
+                          std::vector<uint32_t>(static_cast<size_t>(s.width) * s.height)};
+        loadPrimary(primary, s);
+        auto memory = std::as_writable_bytes(std::span(primary.pixels));
+        if (auto error = raster.createPrimary(s.width, s.height, static_cast<int32_t>(s.width * 4),
+                                              s.format, memory)) {
+          spdlog::error("event {}: create primary {}x{}: {}", event.index, s.width, s.height,
+                        renderer::describe(*error));
+          return 1;
+        }
+        havePrimary = true;
+      } else if (io->message == M::DestroyPrimarySurface ||
+                 io->message == M::DestroyPrimarySurfaceAsync) {
+        raster.destroyPrimary();
+        havePrimary = false;
+      } else if (io->message == M::DestroySurfaces || io->message == M::DestroySurfacesAsync) {
+        raster.destroyAll();
+        havePrimary = false;
+      }
+      continue;
+    }
+    const auto& command = std::get<guestsim::Command>(event.body);
+    ++commands;
+    renderer::RasterResult result;
+    if (const auto* draw = std::get_if<qxlcmd::Drawable>(&command.body))
+      result = raster.draw(*draw);
+    else if (const auto* surface = std::get_if<qxlcmd::SurfaceCmd>(&command.body))
+      result = raster.apply(*surface);
+    if (result) {
+      const uint64_t n = ++failures;
+      if ((n & (n - 1)) == 0)  // logged at 1, 2, 4, 8...
+        spdlog::warn("command {} (event {}): {} ({} so far)", commands, event.index,
+                     renderer::describe(*result), n);
+    }
+    if ((wanted.count(commands) || (every && commands % every == 0)) && havePrimary) {
+      if (!writeSnapshot(primary, commands, prefix))
+        return 1;
+      lastSnapshot = commands;
+    }
+  }
+  if (last && havePrimary && lastSnapshot != commands && !writeSnapshot(primary, commands, prefix))
+    return 1;
+  fmt::print("commands: {} not drawn: {}\n", commands, failures);
+  return 0;
+}
