@@ -19,6 +19,7 @@
 #include <variant>
 
 #include "broker/qxl/memslot.h"
+#include "renderer/limits.h"
 #include "renderer/qxl-command.h"
 
 namespace spicebox::renderer {
@@ -26,13 +27,9 @@ namespace spicebox::renderer {
 // ---------------------------------------------------------------- limits
 // Each bounds what one guest command can make the renderer allocate or walk.
 
-// QXLRom::n_surfaces as the device announces it (broker/qxl/device.cpp MAX_SURFACES, QEMU's
-// default): surface ids are [0, MAX_SURFACES).
-inline constexpr uint32_t MAX_SURFACES = 1024;
-// Surfaces and bitmaps: 8192 in each direction is more than any monitor a QXL guest drives
-// (QEMU's own limit for a surface is 8192 x 8192 x 4 bytes as well).
-inline constexpr uint32_t MAX_SURFACE_DIMENSION = 8192;
-inline constexpr uint32_t MAX_BITMAP_DIMENSION = 8192;
+// MAX_SURFACES, MAX_SURFACE_DIMENSION, MAX_CURSOR_DIMENSION: renderer/limits.h.
+// Bitmaps: as surfaces, 8192 in each direction.
+inline constexpr uint32_t MAX_BITMAP_DIMENSION = MAX_SURFACE_DIMENSION;
 // Bitmap pixel bytes: the recording format's MAX_BINARY_BYTES; a 4096 x 8192 32 bpp bitmap.
 inline constexpr uint64_t MAX_BITMAP_BYTES = 128ull << 20;
 // Bytes one command may make the decoder copy in total (several images + masks + clip):
@@ -51,8 +48,6 @@ inline constexpr uint32_t MAX_PATH_BYTES = MAX_PATH_POINTS * 16;
 // Raster glyph bytes of one string (QXLString.data_size): 64 glyphs of 128x128 at 8 bpp is far
 // below; 4 MiB keeps a single text draw cheap.
 inline constexpr uint32_t MAX_STRING_BYTES = 4u << 20;
-// Cursor shapes: SPICE clients and QEMU take at most 512 x 512.
-inline constexpr uint32_t MAX_CURSOR_DIMENSION = 512;
 // Cursor data bytes (QXLCursor.data_size): the largest shape (512 x 512 at 32 bpp plus its
 // 1 bpp mask) is 1.03 MiB; 2 MiB leaves room for drivers that pad.
 inline constexpr uint32_t MAX_CURSOR_BYTES = 2u << 20;

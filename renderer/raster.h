@@ -23,6 +23,7 @@
 #include <variant>
 #include <vector>
 
+#include "renderer/limits.h"
 #include "renderer/qxl-command.h"
 
 namespace spicebox::renderer {
@@ -49,13 +50,7 @@ std::string_view describe(RasterError error);
 
 using RasterResult = std::optional<RasterError>;  // nullopt: success
 
-// Limits. Each is far above what a real QXL device allows, and low enough that a hostile value
-// cannot make us allocate gigabytes.
-inline constexpr uint32_t MAX_SURFACES = 1024;  // QXL ROM n_surfaces of every real device
-// 16384 px: QXL VRAM is at most 256 MiB; 16384^2 * 4 would already exceed it.
-inline constexpr uint32_t MAX_SURFACE_DIMENSION = 16384;
-// spice-server refuses cursors above 512 x 512 (and real cursors are 64 x 64 or less).
-inline constexpr uint16_t MAX_CURSOR_DIMENSION = 512;
+// Limits: renderer/limits.h (shared with the decoder).
 
 struct PixmanImageDeleter {
   void operator()(pixman_image_t* image) const { pixman_image_unref(image); }

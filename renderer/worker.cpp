@@ -109,6 +109,50 @@ void Worker::detach() {
   view_.reset();
   slots_.reset();
   primary_.reset();
+  raster_.destroyAll();
+}
+
+void Worker::rasterFailed(const char* what, RasterError error) {
+  const uint64_t n = ++stats_.drawErrors;
+  if ((n & (n - 1)) == 0)  // 1, 2, 4, 8 ...
+    spdlog::warn("{} not drawn: {} ({} so far)", what, describe(error), n);
+}
+
+void Worker::createPrimary(const PrimaryState& p) {
+  raster_.destroyPrimary();  // a primary replacing one the guest did not destroy
+  primaryPixels_.clear();
+  if (p.width == 0 || p.height == 0 || p.width > MAX_SURFACE_DIMENSION ||
+      p.height > MAX_SURFACE_DIMENSION) {
+    rasterFailed("primary surface", RasterError::BadSurfaceSize);
+    return;
+  }
+  primaryPixels_.assign(static_cast<size_t>(p.width) * p.height, 0);
+  if (auto error =
+          raster_.createPrimary(p.width, p.height, static_cast<int32_t>(p.width * 4), p.format,
+                                std::as_writable_bytes(std::span(primaryPixels_))))
+    rasterFailed("primary surface", *error);
+}
+
+void Worker::render(const qxlcmd::Command& command) {
+  RasterResult result;
+  if (const auto* draw = std::get_if<qxlcmd::Drawable>(&command.body)) {
+    result = raster_.draw(*draw);
+  } else if (const auto* surface = std::get_if<qxlcmd::SurfaceCmd>(&command.body)) {
+    result = raster_.apply(*surface);
+  } else if (const auto* cursor = std::get_if<qxlcmd::CursorCmd>(&command.body)) {
+    if (cursor->shape) {
+      // TODO(issue-5): the sanitised shape goes to the cursor channel.
+      auto shape = sanitiseCursor(*cursor->shape);
+      if (auto* error = std::get_if<RasterError>(&shape))
+        result = *error;
+    }
+  } else {
+    return;  // update and message commands draw nothing
+  }
+  if (result)
+    rasterFailed("command", *result);
+  else
+    ++stats_.drawn;
 }
 
 uint32_t Worker::runBatch(Batch::Reader batch) {
@@ -135,17 +179,23 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
         break;
       case WorkItem::CREATE_PRIMARY: {
         auto p = item.getCreatePrimary();
-        // TODO(issue-4): validate width/height/stride/format against the slot of `mem` and make
-        // the primary surface's pixman image on guest memory.
+        // TODO(issue-4): the guest's initial pixels at `mem` (translated and copied once) and
+        // UPDATE_AREA writing rendered pixels back there; the primary starts black.
         primary_ = PrimaryState{p.getWidth(), p.getHeight(), p.getStride(), p.getFormat()};
+        createPrimary(*primary_);
         break;
       }
       case WorkItem::DESTROY_PRIMARY:
         primary_.reset();
+        raster_.destroyPrimary();
         break;
       case WorkItem::DESTROY_SURFACE:
+        if (auto error = raster_.destroySurface(item.getDestroySurface()))
+          rasterFailed("surface destroy", *error);
+        break;
       case WorkItem::DESTROY_ALL_SURFACES:
-        // TODO(issue-4): offscreen surfaces; none are kept yet.
+        primary_.reset();
+        raster_.destroyAll();
         break;
       case WorkItem::UPDATE_AREA:
         // TODO(issue-4): render what is pending for the area into the guest's surface memory.
@@ -159,6 +209,7 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
         break;
       case WorkItem::RESET:
         primary_.reset();
+        raster_.destroyAll();
         if (slots_)
           slots_->reset();
         break;
@@ -170,6 +221,7 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
         break;
     }
   }
+  stats_.damageRects += raster_.takeDamage().size();  // TODO(issue-4): reported in batchDone
   return rejected;
 }
 
@@ -264,8 +316,10 @@ std::optional<DecodeError> Worker::runCommand(Command::Reader command) {
       ++stats_.cursors;
       break;
   }
+  const auto& tree = std::get<qxlcmd::Command>(decoded);
+  render(tree);
   if (hook_)
-    hook_(std::get<qxlcmd::Command>(decoded), context);
+    hook_(tree, context);
   return std::nullopt;
 }
 

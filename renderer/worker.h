@@ -20,6 +20,7 @@
 #include "broker/qxl/memslot.h"
 #include "ipc/render.capnp.h"
 #include "renderer/qxl-decode.h"
+#include "renderer/raster.h"
 
 namespace spicebox::renderer {
 
@@ -54,6 +55,9 @@ struct WorkerStats {
   uint64_t badMemslots = 0;   // broker-sent slots the replica refused (a broker bug)
   uint64_t droppedItems = 0;  // items beyond maxItemsPerBatch (a broker bug)
   uint64_t updateAreas = 0;
+  uint64_t drawn = 0;        // decoded commands the rasteriser carried out
+  uint64_t drawErrors = 0;   // decoded commands the rasteriser refused (RasterError)
+  uint64_t damageRects = 0;  // primary rectangles reported changed, after coalescing per batch
   // Rejections by DecodeErrorKind (the index); also drives the per-kind log rate limit.
   std::array<uint64_t, DECODE_ERROR_KIND_COUNT> rejectedByKind{};
 };
@@ -92,6 +96,8 @@ class Worker {
 
   const WorkerStats& stats() const { return stats_; }
   const std::optional<PrimaryState>& primary() const { return primary_; }
+  // What is shown for the primary (32 bpp), or null when there is none.
+  pixman_image_t* displayImage() const { return raster_.displayImage(); }
   bool hasMemslots() const { return slots_.has_value(); }
 
  private:
@@ -100,12 +106,21 @@ class Worker {
   void loadMemslots(capnp::List<ipc::render::Memslot>::Reader slots);
   // Counts a rejection and logs it at the 1st, 2nd, 4th, 8th ... time of its kind.
   void reject(const DecodeError& error);
+  // Draws a decoded command (draws, surface create/destroy, cursor shapes).
+  void render(const qxlcmd::Command& command);
+  void createPrimary(const PrimaryState& primary);
+  // Counts a rasteriser refusal and logs it at the 1st, 2nd, 4th ... time.
+  void rasterFailed(const char* what, RasterError error);
 
   std::optional<GuestView> view_;
   std::optional<qxl::MemslotTable> slots_;
   std::optional<PrimaryState> primary_;
   WorkerStats stats_;
   CommandHook hook_;
+  Rasteriser raster_;
+  // The primary's pixels, 32 bpp.
+  // TODO(issue-4): a display segment the broker owns and hands over, instead of our own memory.
+  std::vector<uint32_t> primaryPixels_;
 };
 
 }  // namespace spicebox::renderer

@@ -154,8 +154,23 @@ Summary parseSummary(const std::string& out) {
   return {std::stoull(m[1]), std::stoull(m[2]), std::stoull(m[3]), std::stoull(m[4])};
 }
 
+// Lines the renderer logged at warning level: a command it rejected (DecodeError) or could not
+// draw (RasterError) — none is expected from a real driver's recording or a valid scenario.
+std::vector<std::string> rendererWarnings(const std::string& log) {
+  static const std::regex level(R"(renderer\[\d+\] warn(ing)?:)");
+  std::vector<std::string> found;
+  std::istringstream in(log);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (std::regex_search(line, level))
+      found.push_back(line);
+  }
+  return found;
+}
+
 // Stops the broker cleanly (so LeakSanitizer, in SPICEBOX_SANITIZE builds, checks it too) and
-// requires that nothing was logged at error level.
+// requires that nothing was logged at error level, and that the renderer (which decodes and
+// draws every command inside its sandbox) rejected or failed to draw nothing.
 void stopBrokerWithoutErrors(test::BrokerProcess& broker) {
   REQUIRE(::kill(broker.pid(), SIGTERM) == 0);
   auto exit = broker.waitForExit(10000ms);
@@ -166,6 +181,9 @@ void stopBrokerWithoutErrors(test::BrokerProcess& broker) {
   auto errors = errorLines(log);
   INFO("first error line: " << (errors.empty() ? "" : errors.front()));
   CHECK(errors.empty());
+  auto warnings = rendererWarnings(log);
+  INFO("first renderer warning: " << (warnings.empty() ? "" : warnings.front()));
+  CHECK(warnings.empty());
 }
 
 void replayThroughBroker(const std::string& name) {
