@@ -36,6 +36,7 @@ struct Options {
   double rate = 0;
   uint64_t seed = 1;
   uint64_t count = 0;
+  bool referenceFormats = false;
   std::string recordOut;
   uint64_t ramMiB = 64;
   uint64_t vramMiB = 64;
@@ -92,7 +93,8 @@ class ScenarioSource final : public ActionSource {
 std::unique_ptr<ActionSource> openSource(const Options& o) {
   if (!o.replay.empty())
     return std::make_unique<ReplaySource>(o.replay, o.rate);
-  return std::make_unique<ScenarioSource>(o.scenario, ScenarioOptions{o.seed, o.count, o.rate});
+  return std::make_unique<ScenarioSource>(
+      o.scenario, ScenarioOptions{o.seed, o.count, o.rate, o.referenceFormats});
 }
 
 // What an offline run (no broker) counts, in the driver's terms.
@@ -351,6 +353,9 @@ int main(int argc, char** argv) {
                  "takes them)")
       ->check(CLI::Range(0.0, 1e9));
   app.add_option("--seed", o.seed, "Scenario random seed")->capture_default_str();
+  app.add_flag("--reference-formats", o.referenceFormats,
+               "Scenario bitmap sources only in the formats libspice-server renders (it aborts on "
+               "1BIT_LE, 4BIT_LE and 8BIT_A sources): for recordings its oracle must render");
   app.add_option("--count", o.count, "Stop after N commands");
   app.add_option("--record-out", o.recordOut,
                  "Also write every action performed to this recording (.xz: compressed)");

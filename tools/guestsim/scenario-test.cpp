@@ -6,6 +6,7 @@
 #include <spice/enums.h>
 #include <spice/qxl_dev.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <map>
@@ -440,6 +441,44 @@ TEST_CASE("stress paces at --rate, or its default", "[scenario]") {
   options.rate = 123;
   CHECK(makeScenario("stress", options)->commandsPerSecond() == 123);
   CHECK(makeScenario("all-draws", options)->commandsPerSecond() == 0);
+}
+
+TEST_CASE("reference formats: only what libspice-server renders, every draw type still there",
+          "[scenario]") {
+  const std::set<int> reference{
+      SPICE_BITMAP_FMT_1BIT_BE, SPICE_BITMAP_FMT_4BIT_BE, SPICE_BITMAP_FMT_8BIT,
+      SPICE_BITMAP_FMT_16BIT, SPICE_BITMAP_FMT_24BIT, SPICE_BITMAP_FMT_32BIT, SPICE_BITMAP_FMT_RGBA,
+      // composite masks (forEachImage reports them as sources): the
+      // reference's composite takes A8 there
+      SPICE_BITMAP_FMT_8BIT_A};
+  const std::set<uint32_t> referenceSurfaces{SPICE_SURFACE_FMT_32_xRGB, SPICE_SURFACE_FMT_32_ARGB};
+  ScenarioOptions options;
+  options.referenceFormatsOnly = true;
+  for (std::string_view name : {"all-draws", "stress"}) {
+    INFO(name);
+    options.maxCommands = name == "stress" ? 3000 : 0;
+    auto actions = collect(name, options);
+    StreamChecker checker;
+    checkStream(actions, checker);
+    std::set<int> drawTypes, sourceFormats;
+    for (const GuestAction& a : actions) {
+      auto* cmd = std::get_if<Command>(&a);
+      auto* d = cmd ? std::get_if<Drawable>(&cmd->body) : nullptr;
+      if (!d)
+        continue;
+      drawTypes.insert(d->type);
+      forEachImage(*d, [&](const Image& img, bool isMask) {
+        if (auto* bm = std::get_if<Bitmap>(&img.payload); bm && !isMask)
+          sourceFormats.insert(bm->format);
+      });
+    }
+    CHECK(std::includes(reference.begin(), reference.end(), sourceFormats.begin(),
+                        sourceFormats.end()));
+    CHECK(std::includes(referenceSurfaces.begin(), referenceSurfaces.end(),
+                        checker.createdFormats.begin(), checker.createdFormats.end()));
+    if (name == "all-draws")
+      CHECK(drawTypes.size() == 14);
+  }
 }
 
 }  // namespace spicebox::guestsim

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <deque>
 #include <random>
+#include <span>
 #include <stdexcept>
 
 namespace spicebox::guestsim {
@@ -659,9 +660,34 @@ constexpr uint8_t ALL_BITMAP_FORMATS[] = {SPICE_BITMAP_FMT_1BIT_LE, SPICE_BITMAP
                                           SPICE_BITMAP_FMT_8BIT,    SPICE_BITMAP_FMT_16BIT,
                                           SPICE_BITMAP_FMT_24BIT,   SPICE_BITMAP_FMT_32BIT,
                                           SPICE_BITMAP_FMT_RGBA,    SPICE_BITMAP_FMT_8BIT_A};
+// What libspice-server's canvas takes as an image source (ScenarioOptions::referenceFormatsOnly).
+constexpr uint8_t REFERENCE_BITMAP_FORMATS[] = {SPICE_BITMAP_FMT_1BIT_BE, SPICE_BITMAP_FMT_4BIT_BE,
+                                                SPICE_BITMAP_FMT_8BIT,    SPICE_BITMAP_FMT_16BIT,
+                                                SPICE_BITMAP_FMT_24BIT,   SPICE_BITMAP_FMT_32BIT,
+                                                SPICE_BITMAP_FMT_RGBA};
+std::span<const uint8_t> bitmapFormats(bool referenceOnly) {
+  if (referenceOnly)
+    return REFERENCE_BITMAP_FORMATS;
+  return ALL_BITMAP_FORMATS;
+}
 constexpr uint32_t ALL_SURFACE_FORMATS[] = {SPICE_SURFACE_FMT_1_A,     SPICE_SURFACE_FMT_8_A,
                                             SPICE_SURFACE_FMT_16_555,  SPICE_SURFACE_FMT_16_565,
                                             SPICE_SURFACE_FMT_32_xRGB, SPICE_SURFACE_FMT_32_ARGB};
+// What libspice-server's canvas draws on and reads from as a surface (it asserts on non-32 bpp
+// surfaces in its blits): ScenarioOptions::referenceFormatsOnly.
+constexpr uint32_t REFERENCE_SURFACE_FORMATS[] = {SPICE_SURFACE_FMT_32_xRGB,
+                                                  SPICE_SURFACE_FMT_32_ARGB};
+std::span<const uint32_t> surfaceFormats(bool referenceOnly) {
+  if (referenceOnly)
+    return REFERENCE_SURFACE_FORMATS;
+  return ALL_SURFACE_FORMATS;
+}
+// Surface id (1-based position) of `format` in `formats`, or of the last one if absent.
+uint32_t surfaceIdOf(std::span<const uint32_t> formats, uint32_t format) {
+  auto it = std::find(formats.begin(), formats.end(), format);
+  return static_cast<uint32_t>((it == formats.end() ? formats.size() - 1 : it - formats.begin()) +
+                               1);
+}
 
 std::vector<Point> pointsFix(std::initializer_list<Point> pts) {
   std::vector<Point> out;
@@ -673,7 +699,10 @@ std::vector<Point> pointsFix(std::initializer_list<Point> pts) {
 
 class AllDrawsScenario final : public QueuedScenario {
  public:
-  explicit AllDrawsScenario(const ScenarioOptions& options) : QueuedScenario(options) {}
+  explicit AllDrawsScenario(const ScenarioOptions& options)
+      : QueuedScenario(options),
+        formats_(bitmapFormats(options.referenceFormatsOnly)),
+        surfaceFormats_(surfaceFormats(options.referenceFormatsOnly)) {}
   double commandsPerSecond() const override { return 0; }
 
  private:
@@ -696,7 +725,7 @@ class AllDrawsScenario final : public QueuedScenario {
 
     // Every bitmap format, each as a COPY source; odd ones split into 3 chunks.
     uint32_t seed = 0;
-    for (uint8_t fmt : ALL_BITMAP_FORMATS) {
+    for (uint8_t fmt : formats_) {
       Rect r = cell(n++, 40, 30);
       push(Builder::copy(0, r, b_.bitmap(fmt, 40, 30, ++seed, fmt % 2 ? 3 : 1),
                          rectXYWH(0, 0, 40, 30)));
@@ -722,7 +751,7 @@ class AllDrawsScenario final : public QueuedScenario {
     push(Builder::update(0, rectXYWH(0, 0, W, H), 1));
     push(Builder::message("spicebox guestsim all-draws: every draw type sent"));
     push(Builder::io(WorkerMessage::Update));
-    for (uint32_t id = 1; id <= std::size(ALL_SURFACE_FORMATS); ++id) {
+    for (uint32_t id = 1; id <= surfaceFormats_.size(); ++id) {
       push(Builder::surfaceDestroy(id));
     }
     return true;
@@ -861,7 +890,7 @@ class AllDrawsScenario final : public QueuedScenario {
   void pushSurfaces(int32_t& n) {
     constexpr uint32_t SW = 48, SH = 48;
     uint32_t id = 1;
-    for (uint32_t fmt : ALL_SURFACE_FORMATS) {
+    for (uint32_t fmt : surfaceFormats_) {
       push(Builder::surfaceCreate(id, fmt, SW, SH));
       push(Builder::fill(id, rectXYWH(0, 0, SW, SH), Builder::solid(0x80ff8000 + id)));
       push(Builder::copy(id, rectXYWH(8, 8, 32, 32), b_.bitmap(SPICE_BITMAP_FMT_RGBA, 32, 32, id),
@@ -869,33 +898,38 @@ class AllDrawsScenario final : public QueuedScenario {
       ++id;
     }
     id = 1;
-    for (size_t i = 0; i < std::size(ALL_SURFACE_FORMATS); ++i, ++id) {
+    for (size_t i = 0; i < surfaceFormats_.size(); ++i, ++id) {
       push(Builder::copyFromSurface(0, cell(n++), id, SW, SH, rectXYWH(0, 0, SW, SH)));
     }
-    // Surface sources for the alpha paths too: ARGB (id 6) over the primary through A8 (id 2).
+    // Surface sources for the alpha paths too: ARGB over the primary through A8 (through the
+    // ARGB surface itself with reference formats only).
+    const uint32_t argb = surfaceIdOf(surfaceFormats_, SPICE_SURFACE_FMT_32_ARGB);
+    const uint32_t a8 = surfaceIdOf(surfaceFormats_, SPICE_SURFACE_FMT_8_A);
     Composite cp;
     cp.flags = PIXMAN_OP_OVER_VALUE | SPICE_COMPOSITE_HAS_MASK;
-    cp.src = Builder::surfaceImage(6, SW, SH);
-    cp.mask = Builder::surfaceImage(2, SW, SH);
+    cp.src = Builder::surfaceImage(argb, SW, SH);
+    cp.mask = Builder::surfaceImage(a8, SW, SH);
     Rect r = cell(n++);
     Command c = Builder::draw(0, r, std::move(cp), QXL_EFFECT_BLEND);
-    Builder::dependsOn(c, 6, rectXYWH(0, 0, SW, SH));
+    Builder::dependsOn(c, argb, rectXYWH(0, 0, SW, SH));
     Drawable& d = std::get<Drawable>(c.body);
-    d.surfacesDest[1] = 2;
+    d.surfacesDest[1] = static_cast<int32_t>(a8);
     d.surfacesRects[1] = rectXYWH(0, 0, SW, SH);
     push(std::move(c));
 
     AlphaBlend ab;
     ab.alphaFlags = SPICE_ALPHA_FLAGS_SRC_SURFACE_HAS_ALPHA;
     ab.alpha = 200;
-    ab.srcBitmap = Builder::surfaceImage(6, SW, SH);
+    ab.srcBitmap = Builder::surfaceImage(argb, SW, SH);
     ab.srcArea = rectXYWH(0, 0, SW, SH);
     Command a = Builder::draw(0, cell(n++), std::move(ab), QXL_EFFECT_BLEND);
-    Builder::dependsOn(a, 6, rectXYWH(0, 0, SW, SH));
+    Builder::dependsOn(a, argb, rectXYWH(0, 0, SW, SH));
     push(std::move(a));
   }
 
   bool done_ = false;
+  std::span<const uint8_t> formats_;          // the bitmap formats of the COPY sources
+  std::span<const uint32_t> surfaceFormats_;  // one offscreen surface of each
 };
 
 // ---------------------------------------------------------------- stress
@@ -905,7 +939,9 @@ class StressScenario final : public QueuedScenario {
   explicit StressScenario(const ScenarioOptions& options)
       : QueuedScenario(options),
         rng_(options.seed),
-        rate_(options.rate > 0 ? options.rate : DEFAULT_RATE) {}
+        rate_(options.rate > 0 ? options.rate : DEFAULT_RATE),
+        formats_(bitmapFormats(options.referenceFormatsOnly)),
+        surfaceFormats_(surfaceFormats(options.referenceFormatsOnly)) {}
   double commandsPerSecond() const override { return rate_; }
 
  private:
@@ -939,9 +975,7 @@ class StressScenario final : public QueuedScenario {
     size_t pick = below(static_cast<uint32_t>(live_.size() + 2));
     return pick < live_.size() ? live_[pick] : primary_;  // the primary twice as likely
   }
-  uint8_t randomBitmapFormat() {
-    return ALL_BITMAP_FORMATS[below(static_cast<uint32_t>(std::size(ALL_BITMAP_FORMATS)))];
-  }
+  uint8_t randomBitmapFormat() { return formats_[below(static_cast<uint32_t>(formats_.size()))]; }
   Image randomBitmap(uint32_t w, uint32_t h) {
     return b_.bitmap(randomBitmapFormat(), w, h, below(1000), chance(20) ? 2 + below(4) : 1);
   }
@@ -1013,7 +1047,7 @@ class StressScenario final : public QueuedScenario {
     if (id > MAX_SURFACE_ID) {
       return;
     }
-    Surface s{id, ALL_SURFACE_FORMATS[below(static_cast<uint32_t>(std::size(ALL_SURFACE_FORMATS)))],
+    Surface s{id, surfaceFormats_[below(static_cast<uint32_t>(surfaceFormats_.size()))],
               8 + below(400), 8 + below(300)};
     live_.push_back(s);
     push(Builder::surfaceCreate(s.id, s.format, s.w, s.h));
@@ -1216,6 +1250,8 @@ class StressScenario final : public QueuedScenario {
 
   std::mt19937_64 rng_;
   double rate_;
+  std::span<const uint8_t> formats_;          // the bitmap formats sources are drawn from
+  std::span<const uint32_t> surfaceFormats_;  // the formats offscreen surfaces are made in
   bool started_ = false;
   uint32_t nextUpdateId_ = 1;
   Surface primary_{0, SPICE_SURFACE_FMT_32_xRGB, W, H};
