@@ -859,7 +859,7 @@ RasterResult drawStroke(DrawContext& c, const qxlcmd::Stroke& st) {
 // TEXT: the glyphs' pixels (A1: set bits; A4/A8: non-zero coverage) form a region that the fore
 // brush fills with fore_mode; the back brush fills back_area first when back_mode is set.
 // QXLRasterGlyph records: render_pos (2 x int32), glyph_origin (2 x int32), width, height
-// (uint16 each), then rows of ceil(width * bpp / 8) bytes.
+// (uint16 each), then rows of ceil(width * bpp / 8) bytes, bottom row first.
 RasterResult drawText(DrawContext& c, const qxlcmd::Text& t) {
   unsigned bpp = 0;
   if (t.str.flags & SPICE_STRING_FLAGS_RASTER_A1) {
@@ -896,7 +896,10 @@ RasterResult drawText(DrawContext& c, const qxlcmd::Text& t) {
       return RasterError::BadGlyphString;
     }
     for (uint16_t y = 0; y < h; ++y) {
-      const uint8_t* row = data.data() + off + rowBytes * y;
+      // Rows are stored bottom-up: the glyph's top row is its last one in memory, whatever
+      // SPICE_STRING_FLAGS_RASTER_TOP_DOWN says (spice-common's canvas ignores that flag too, so
+      // every SPICE client draws text this way).
+      const uint8_t* row = data.data() + off + rowBytes * (h - 1u - y);
       for (uint16_t x = 0; x < w; ++x) {
         unsigned v;
         if (bpp == 1) {
@@ -916,14 +919,20 @@ RasterResult drawText(DrawContext& c, const qxlcmd::Text& t) {
     }
     off += rowBytes * h;
   }
-  if (t.backMode != 0 && t.backBrush.type != SPICE_BRUSH_TYPE_NONE) {
+  // As spice-common's canvas: a non-empty back_area is filled with the back brush, copied
+  // (back_mode is not consulted), and that only makes sense with fore_mode PUT: any other fore
+  // mode draws nothing at all.
+  const bool backArea = t.backArea.left < t.backArea.right && t.backArea.top < t.backArea.bottom;
+  if (backArea) {
+    if ((t.foreMode & 0x7ff) != SPICE_ROPD_OP_PUT) {
+      return std::nullopt;
+    }
+    // A NONE back brush fills too (with 0), as every brush does (DrawContext::brush).
     Region back(t.backArea.left, t.backArea.top, t.backArea.right, t.backArea.bottom);
     back.intersect(c.region);
     DrawContext backCtx(c.surface, c.d, c.lookup);
     backCtx.region.intersect(back);
-    const Rop backRop =
-        pixels::ropFromDescriptor(t.backMode, SPICE_ROPD_INVERS_BRUSH, SPICE_ROPD_INVERS_DEST);
-    if (auto e = backCtx.brush(t.backBrush, backRop)) {
+    if (auto e = backCtx.brush(t.backBrush, pixels::ropFromDescriptor(SPICE_ROPD_OP_PUT, 0, 0))) {
       return e;
     }
   }
