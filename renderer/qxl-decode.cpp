@@ -67,7 +67,7 @@ Rect orderedRect(const QXLRect& r, const char* what) {
   if (r.top > r.bottom || r.left > r.right)
     fail(DecodeErrorKind::RectUnordered,
          fmt::format("{} (top {}, left {}, bottom {}, right {}) has top > bottom or left > right",
-                     what, r.top, r.left, r.bottom, r.right));
+                     what, +r.top, +r.left, +r.bottom, +r.right));
   return rect(r);
 }
 
@@ -195,7 +195,8 @@ class Decoder {
       all.push_back(header.data_size);
       if (header.next_chunk == 0)
         break;
-      if (!visited.insert(header.next_chunk).second)
+      // A copy: the packed field is not 8-byte aligned, so no reference may bind to it.
+      if (!visited.insert(uint64_t{header.next_chunk}).second)
         fail(DecodeErrorKind::ChunkLoop,
              fmt::format("{}: chunk {} links back to chunk address {:#x}", what, all.size() - 1,
                          +header.next_chunk));
@@ -251,19 +252,19 @@ class Decoder {
            fmt::format("bitmap format {} is no SPICE_BITMAP_FMT_*", unsigned{q.format}));
     if (q.x > MAX_BITMAP_DIMENSION || q.y > MAX_BITMAP_DIMENSION)
       fail(DecodeErrorKind::BitmapTooLarge,
-           fmt::format("bitmap {}x{} above {}x{}", q.x, q.y, MAX_BITMAP_DIMENSION,
+           fmt::format("bitmap {}x{} above {}x{}", +q.x, +q.y, MAX_BITMAP_DIMENSION,
                        MAX_BITMAP_DIMENSION));
     const uint64_t rowBytes = (uint64_t{q.x} * bits + 7) / 8;
     if (q.stride < rowBytes)
       fail(DecodeErrorKind::StrideTooSmall,
-           fmt::format("bitmap stride {} below the {} bytes of {} pixels at {} bpp", q.stride,
-                       rowBytes, q.x, bits));
+           fmt::format("bitmap stride {} below the {} bytes of {} pixels at {} bpp", +q.stride,
+                       rowBytes, +q.x, bits));
     // QXL sizes are 32-bit (QXLDataChunk.data_size): a product that overflows 32 bits is a size
     // no guest structure can describe.
     uint32_t size = 0;
     if (__builtin_mul_overflow(q.stride, q.y, &size))
       fail(DecodeErrorKind::SizeOverflow,
-           fmt::format("bitmap stride {} x height {} overflows 32 bits", q.stride, q.y));
+           fmt::format("bitmap stride {} x height {} overflows 32 bits", +q.stride, +q.y));
     if (size > MAX_BITMAP_BYTES)
       fail(DecodeErrorKind::BitmapTooLarge,
            fmt::format("bitmap of {} bytes above MAX_BITMAP_BYTES ({})", size, MAX_BITMAP_BYTES));
@@ -339,7 +340,7 @@ class Decoder {
         break;
       default:
         fail(DecodeErrorKind::UnknownBrushType,
-             fmt::format("brush type {} is no SPICE_BRUSH_TYPE_*", q.type));
+             fmt::format("brush type {} is no SPICE_BRUSH_TYPE_*", +q.type));
     }
     return b;
   }
@@ -358,7 +359,7 @@ class Decoder {
       return c;
     if (q.type != SPICE_CLIP_TYPE_RECTS)
       fail(DecodeErrorKind::UnknownClipType,
-           fmt::format("clip type {} is no SPICE_CLIP_TYPE_*", q.type));
+           fmt::format("clip type {} is no SPICE_CLIP_TYPE_*", +q.type));
     auto header = read<QXLClipRects>(q.data, "QXLClipRects");
     if (header.num_rects > MAX_CLIP_RECTS)
       fail(DecodeErrorKind::TooManyClipRects,
@@ -676,13 +677,13 @@ class Decoder {
     const uint32_t bits = surfaceBits(c.format);
     if (bits == 0)
       fail(DecodeErrorKind::UnknownFormat,
-           fmt::format("surface format {} is no SPICE_SURFACE_FMT_*", c.format));
+           fmt::format("surface format {} is no SPICE_SURFACE_FMT_*", +c.format));
     if (c.width == 0 || c.height == 0)
       fail(DecodeErrorKind::SurfaceSizeZero,
-           fmt::format("surface {} is {}x{}", q.surface_id, c.width, c.height));
+           fmt::format("surface {} is {}x{}", +q.surface_id, +c.width, +c.height));
     if (c.width > MAX_SURFACE_DIMENSION || c.height > MAX_SURFACE_DIMENSION)
       fail(DecodeErrorKind::SurfaceTooLarge,
-           fmt::format("surface {} is {}x{}, at most {}x{}", q.surface_id, c.width, c.height,
+           fmt::format("surface {} is {}x{}, at most {}x{}", +q.surface_id, +c.width, +c.height,
                        MAX_SURFACE_DIMENSION, MAX_SURFACE_DIMENSION));
     const uint64_t absStride =
         c.stride < 0 ? uint64_t{0} - static_cast<uint64_t>(int64_t{c.stride}) : uint64_t(c.stride);
@@ -690,16 +691,16 @@ class Decoder {
     if (absStride < rowBytes)
       fail(DecodeErrorKind::StrideTooSmall,
            fmt::format("surface {} stride {} below the {} bytes of {} pixels at {} bpp",
-                       q.surface_id, c.stride, rowBytes, c.width, bits));
+                       +q.surface_id, +c.stride, rowBytes, +c.width, bits));
     const uint64_t size = absStride * c.height;  // < 2^31 * 2^13: no overflow
     if (size > MAX_SURFACE_BYTES)
       fail(DecodeErrorKind::SurfaceTooLarge,
-           fmt::format("surface {} of {} bytes above MAX_SURFACE_BYTES ({})", q.surface_id, size,
+           fmt::format("surface {} of {} bytes above MAX_SURFACE_BYTES ({})", +q.surface_id, size,
                        MAX_SURFACE_BYTES));
     auto located = mem_.locate(c.data, size);
     if (auto* error = std::get_if<DecodeError>(&located))
-      fail(error->kind, fmt::format("surface {} pixels at {:#x} ({} bytes): {}", q.surface_id,
-                                    c.data, size, error->detail));
+      fail(error->kind, fmt::format("surface {} pixels at {:#x} ({} bytes): {}", +q.surface_id,
+                                    +c.data, size, error->detail));
     if (q.flags & QXL_SURF_FLAG_KEEP_DATA) {
       // TODO(perf): the rasteriser could take the pixels in place instead of this copy.
       s.data.resize(size);
@@ -722,18 +723,18 @@ class Decoder {
     auto need = cursorDataBytes(q.header.type, q.header.width, q.header.height);
     if (!need || q.header.type > std::numeric_limits<uint8_t>::max())
       fail(DecodeErrorKind::UnknownCursorShapeType,
-           fmt::format("cursor shape type {} is no SPICE_CURSOR_TYPE_*", q.header.type));
+           fmt::format("cursor shape type {} is no SPICE_CURSOR_TYPE_*", +q.header.type));
     if (q.header.width > MAX_CURSOR_DIMENSION || q.header.height > MAX_CURSOR_DIMENSION)
       fail(DecodeErrorKind::CursorTooLarge,
-           fmt::format("cursor {}x{}, at most {}x{}", q.header.width, q.header.height,
+           fmt::format("cursor {}x{}, at most {}x{}", +q.header.width, +q.header.height,
                        MAX_CURSOR_DIMENSION, MAX_CURSOR_DIMENSION));
     if (q.data_size < *need)
       fail(DecodeErrorKind::CursorDataShort,
-           fmt::format("cursor type {} {}x{} needs {} bytes, data_size is {}", q.header.type,
-                       q.header.width, q.header.height, *need, q.data_size));
+           fmt::format("cursor type {} {}x{} needs {} bytes, data_size is {}", +q.header.type,
+                       +q.header.width, +q.header.height, *need, +q.data_size));
     if (q.data_size > MAX_CURSOR_BYTES)
       fail(DecodeErrorKind::CursorTooLarge,
-           fmt::format("cursor data of {} bytes, at most {}", q.data_size, MAX_CURSOR_BYTES));
+           fmt::format("cursor data of {} bytes, at most {}", +q.data_size, MAX_CURSOR_BYTES));
     sh.data = chain(advance(addr, offsetof(QXLCursor, chunk), "cursor"), q.chunk, q.data_size,
                     DecodeErrorKind::CursorDataShort, "cursor data", sh.chunkSizes);
     return sh;
