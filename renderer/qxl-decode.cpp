@@ -16,6 +16,7 @@
 // - QXLMessage: the text follows the release info, NUL-terminated.
 // - Surface create: QXLSurface.data is the lowest address of height * |stride| bytes.
 #include "renderer/qxl-decode.h"
+#include "renderer/qxl-formats.h"
 
 #include <spdlog/fmt/fmt.h>
 #include <spice/enums.h>
@@ -92,50 +93,8 @@ void surfaceId(uint32_t id, const char* what) {
          fmt::format("{} surface id {} is not below n_surfaces {}", what, id, MAX_SURFACES));
 }
 
-// Bits per pixel of a SPICE_BITMAP_FMT_*, 0 for unknown.
-uint32_t bitmapBits(uint8_t format) {
-  switch (format) {
-    case SPICE_BITMAP_FMT_1BIT_LE:
-    case SPICE_BITMAP_FMT_1BIT_BE:
-      return 1;
-    case SPICE_BITMAP_FMT_4BIT_LE:
-    case SPICE_BITMAP_FMT_4BIT_BE:
-      return 4;
-    case SPICE_BITMAP_FMT_8BIT:
-    case SPICE_BITMAP_FMT_8BIT_A:
-      return 8;
-    case SPICE_BITMAP_FMT_16BIT:
-      return 16;
-    case SPICE_BITMAP_FMT_24BIT:
-      return 24;
-    case SPICE_BITMAP_FMT_32BIT:
-    case SPICE_BITMAP_FMT_RGBA:
-      return 32;
-    default:
-      return 0;
-  }
-}
-
 bool palettized(uint8_t format) {
   return format >= SPICE_BITMAP_FMT_1BIT_LE && format <= SPICE_BITMAP_FMT_8BIT;
-}
-
-// Bits per pixel of a SPICE_SURFACE_FMT_*, 0 for unknown.
-uint32_t surfaceBits(uint32_t format) {
-  switch (format) {
-    case SPICE_SURFACE_FMT_1_A:
-      return 1;
-    case SPICE_SURFACE_FMT_8_A:
-      return 8;
-    case SPICE_SURFACE_FMT_16_555:
-    case SPICE_SURFACE_FMT_16_565:
-      return 16;
-    case SPICE_SURFACE_FMT_32_xRGB:
-    case SPICE_SURFACE_FMT_32_ARGB:
-      return 32;
-    default:
-      return 0;
-  }
 }
 
 // Where a QMask's image and a source image differ: a mask is 1 bpp coverage and needs no
@@ -246,7 +205,7 @@ class Decoder {
     bm.x = q.x;
     bm.y = q.y;
     bm.stride = q.stride;
-    const uint32_t bits = bitmapBits(q.format);
+    const uint32_t bits = qxlcmd::bitmapFormatBits(q.format);
     if (bits == 0)
       fail(DecodeErrorKind::UnknownFormat,
            fmt::format("bitmap format {} is no SPICE_BITMAP_FMT_*", unsigned{q.format}));
@@ -674,7 +633,7 @@ class Decoder {
     s.width = c.width;
     s.height = c.height;
     s.stride = c.stride;
-    const uint32_t bits = surfaceBits(c.format);
+    const uint32_t bits = qxlcmd::surfaceFormatBits(c.format);
     if (bits == 0)
       fail(DecodeErrorKind::UnknownFormat,
            fmt::format("surface format {} is no SPICE_SURFACE_FMT_*", +c.format));

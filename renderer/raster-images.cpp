@@ -1,6 +1,7 @@
 // Runs in: renderer (sandboxed). Input: decoded guest images (hostile values, sizes re-checked
 // here before any read) and our own surfaces.
 #include "renderer/raster-images.h"
+#include "renderer/qxl-formats.h"
 
 #include <spice/enums.h>
 #include <spice/qxl_dev.h>
@@ -11,30 +12,6 @@
 
 namespace spicebox::renderer::images {
 namespace {
-
-// Bits per pixel of a SPICE_BITMAP_FMT_*, 0 when unknown.
-unsigned bitmapBits(uint8_t format) {
-  switch (format) {
-    case SPICE_BITMAP_FMT_1BIT_LE:
-    case SPICE_BITMAP_FMT_1BIT_BE:
-      return 1;
-    case SPICE_BITMAP_FMT_4BIT_LE:
-    case SPICE_BITMAP_FMT_4BIT_BE:
-      return 4;
-    case SPICE_BITMAP_FMT_8BIT:
-    case SPICE_BITMAP_FMT_8BIT_A:
-      return 8;
-    case SPICE_BITMAP_FMT_16BIT:
-      return 16;
-    case SPICE_BITMAP_FMT_24BIT:
-      return 24;
-    case SPICE_BITMAP_FMT_32BIT:
-    case SPICE_BITMAP_FMT_RGBA:
-      return 32;
-    default:
-      return 0;
-  }
-}
 
 PixmanImage createImage(pixman_format_code_t format, uint32_t width, uint32_t height) {
   return PixmanImage(pixman_image_create_bits(format, static_cast<int>(width),
@@ -102,7 +79,7 @@ PixmanImage convertImage(pixman_image_t* image, pixman_format_code_t format) {
 
 std::variant<PixmanImage, RasterError> bitmapToNative(const qxlcmd::Image& image,
                                                       const qxlcmd::Bitmap& bitmap) {
-  const unsigned bits = bitmapBits(bitmap.format);
+  const unsigned bits = qxlcmd::bitmapFormatBits(bitmap.format);
   if (bits == 0) {
     return RasterError::UnsupportedImage;
   }

@@ -15,6 +15,7 @@
 // behind it. Completions (completeIo) leave `ioQueue_` strictly from the front, so they happen in
 // the order of the writes.
 #include "broker/qxl/device.h"
+#include "renderer/qxl-formats.h"
 
 #include <spdlog/spdlog.h>
 
@@ -110,24 +111,6 @@ bool isOrderedPort(uint8_t port) {
       return true;
     default:
       return false;
-  }
-}
-
-// Bits per pixel of a SPICE_SURFACE_FMT_*, 0 if the format is unknown.
-uint32_t bitsPerPixel(uint32_t format) {
-  switch (format) {
-    case SPICE_SURFACE_FMT_1_A:
-      return 1;
-    case SPICE_SURFACE_FMT_8_A:
-      return 8;
-    case SPICE_SURFACE_FMT_16_555:
-    case SPICE_SURFACE_FMT_16_565:
-      return 16;
-    case SPICE_SURFACE_FMT_32_xRGB:
-    case SPICE_SURFACE_FMT_32_ARGB:
-      return 32;
-    default:
-      return 0;
   }
 }
 
@@ -529,7 +512,7 @@ struct Device::Impl {
                  uint64_t{c.width} << 32 | c.height);
       return std::nullopt;
     }
-    const uint32_t bpp = bitsPerPixel(c.format);
+    const uint32_t bpp = qxlcmd::surfaceFormatBits(c.format);
     if (bpp == 0) {
       guestError("QXL_IO_CREATE_PRIMARY: unknown surface format", c.format);
       return std::nullopt;

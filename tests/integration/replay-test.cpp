@@ -58,18 +58,23 @@ uint64_t recordedCommands(const std::filesystem::path& statsPath) {
   return 0;
 }
 
-// Lines the broker or its children logged at error or critical level (base/log.cpp's pattern:
-// "<time> <name>[<pid>] error: ..."; "[error]" for spdlog's default pattern, should it change).
-std::vector<std::string> errorLines(const std::string& log) {
-  static const std::regex level(R"(\w\[\d+\] (error|critical):|\[(error|critical)\])");
+// The lines of `log` that match `pattern`.
+std::vector<std::string> linesMatching(const std::string& log, const std::regex& pattern) {
   std::vector<std::string> found;
   std::istringstream in(log);
   std::string line;
   while (std::getline(in, line)) {
-    if (std::regex_search(line, level))
+    if (std::regex_search(line, pattern))
       found.push_back(line);
   }
   return found;
+}
+
+// Lines the broker or its children logged at error or critical level (base/log.cpp's pattern:
+// "<time> <name>[<pid>] error: ..."; "[error]" for spdlog's default pattern, should it change).
+std::vector<std::string> errorLines(const std::string& log) {
+  static const std::regex level(R"(\w\[\d+\] (error|critical):|\[(error|critical)\])");
+  return linesMatching(log, level);
 }
 
 struct ProgramResult {
@@ -158,14 +163,7 @@ Summary parseSummary(const std::string& out) {
 // draw (RasterError) — none is expected from a real driver's recording or a valid scenario.
 std::vector<std::string> rendererWarnings(const std::string& log) {
   static const std::regex level(R"(renderer\[\d+\] warn(ing)?:)");
-  std::vector<std::string> found;
-  std::istringstream in(log);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (std::regex_search(line, level))
-      found.push_back(line);
-  }
-  return found;
+  return linesMatching(log, level);
 }
 
 // Stops the broker cleanly (so LeakSanitizer, in SPICEBOX_SANITIZE builds, checks it too) and

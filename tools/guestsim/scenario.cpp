@@ -12,6 +12,7 @@
 // options give the same stream on every machine.
 
 #include "tools/guestsim/scenario.h"
+#include "renderer/qxl-formats.h"
 
 #include <spice/enums.h>
 #include <spice/qxl_dev.h>
@@ -46,27 +47,6 @@ int32_t rectW(const Rect& r) {
 }
 int32_t rectH(const Rect& r) {
   return r.bottom - r.top;
-}
-
-// Bits per pixel of a SPICE_BITMAP_FMT_* value.
-uint32_t bitmapBits(uint8_t format) {
-  switch (format) {
-    case SPICE_BITMAP_FMT_1BIT_LE:
-    case SPICE_BITMAP_FMT_1BIT_BE:
-      return 1;
-    case SPICE_BITMAP_FMT_4BIT_LE:
-    case SPICE_BITMAP_FMT_4BIT_BE:
-      return 4;
-    case SPICE_BITMAP_FMT_8BIT:
-    case SPICE_BITMAP_FMT_8BIT_A:
-      return 8;
-    case SPICE_BITMAP_FMT_16BIT:
-      return 16;
-    case SPICE_BITMAP_FMT_24BIT:
-      return 24;
-    default:
-      return 32;  // 32BIT, RGBA
-  }
 }
 
 // Palette size for the indexed formats, 0 for the direct ones.
@@ -195,7 +175,7 @@ class Builder {
     bm.flags = QXL_BITMAP_TOP_DOWN;
     bm.x = w;
     bm.y = h;
-    bm.stride = (w * bitmapBits(format) + 7) / 8;
+    bm.stride = (w * qxlcmd::bitmapFormatBits(format) + 7) / 8;
     if (uint32_t n = paletteEntries(format)) {
       Palette& pal = bm.palette.emplace();
       pal.unique = nextPaletteId_++;
