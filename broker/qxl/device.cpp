@@ -148,10 +148,12 @@ struct Device::Impl {
     bool closed = false;
     bool sent = false;
   };
-  // Releases that found the release ring full: the head id, `next` already written in guest RAM.
+  // Releases that found the release ring full: the head id, `next` already written in guest RAM
+  // (QEMU's way: the chain lives in guest memory, the device keeps its ends only).
   struct Chain {
     uint64_t headId = 0;
     uint64_t count = 0;
+    BarOffset tail;  // the last release info: the next chain is linked from its `next`
   };
   // The QXLRam fields an IO reads, copied once at the time of the write.
   struct IoParams {
@@ -248,16 +250,15 @@ struct Device::Impl {
 
   bool hasOpenBatch() const { return !batches.empty() && !batches.back().closed; }
 
-  // Items that can still be queued in this call. Commands also count the release chains waiting
-  // for the guest to drain its release ring, so that those stay bounded (a guest that never
-  // consumes releases stops getting its commands taken); IO items do not, so that an IO the guest
-  // waits on can never wait for the guest itself.
-  size_t itemRoom(bool forCommands) const {
+  // Items that can still be queued in this call. Releases waiting for room on the release ring do
+  // not count: they are one chain in guest memory (releaseBatch), and holding commands back for
+  // them would deadlock a guest blocked in an IO write that waits for those commands.
+  size_t itemRoom() const {
     size_t room = 0;
     if (hasOpenBatch()) {
       room += ITEMS_PER_BUILT_BATCH - batches.back().items.size();
     }
-    const size_t used = batches.size() + (forCommands ? chains.size() : 0);
+    const size_t used = batches.size();
     if (used < MAX_BATCHES_IN_FLIGHT) {
       room += (MAX_BATCHES_IN_FLIGHT - used) * ITEMS_PER_BUILT_BATCH;
     }
@@ -373,7 +374,7 @@ struct Device::Impl {
       if (owed == 0 || owed > COMMAND_RING_ITEMS) {
         continue;  // reached, or behind us (the ring was reset since)
       }
-      if (takeCommands(i, std::min<size_t>(owed, itemRoom(true)))) {
+      if (takeCommands(i, std::min<size_t>(owed, itemRoom()))) {
         io.target[i] = rings[i].consumed();  // the ring gave all it had
       } else if (io.target[i] != rings[i].consumed()) {
         satisfied = false;
@@ -388,7 +389,7 @@ struct Device::Impl {
     // Alternate the rings so a busy display ring cannot starve the cursor ring.
     while (!(done[0] && done[1])) {
       for (size_t i = 0; i < 2; ++i) {
-        const size_t room = itemRoom(true);
+        const size_t room = itemRoom();
         if (room == 0) {
           return;
         }
@@ -561,7 +562,7 @@ struct Device::Impl {
     // RESET and the memslot ports change device state when acted on; the room is checked first
     // so that no state changes for an IO that then cannot be queued.
     const size_t needed = io.port == QXL_IO_RESET ? 2 : 1;
-    if (itemRoom(false) < needed) {
+    if (itemRoom() < needed) {
       return false;
     }
     if (io.port == QXL_IO_RESET) {
@@ -685,7 +686,18 @@ struct Device::Impl {
       const uint64_t next = i + 1 < ids.size() ? ids[i + 1] : 0;
       std::memcpy(barOf(infos[i].bar).data() + infos[i].offset, &next, sizeof(next));
     }
-    chains.push_back(Chain{ids[0], ids.size()});
+    const Chain chain{ids[0], ids.size(), infos.back()};
+    if (chains.empty()) {
+      chains.push_back(chain);
+      return;
+    }
+    // The ring was full: grow the one unpublished chain in guest memory instead of keeping
+    // another, so that releases waiting for the guest cost the broker nothing however long the
+    // guest takes (it may be blocked in an IO write that waits for these very commands).
+    Chain& last = chains.back();
+    std::memcpy(barOf(last.tail.bar).data() + last.tail.offset, &chain.headId, sizeof(uint64_t));
+    last.count += chain.count;
+    last.tail = chain.tail;
   }
 
   // ---- state
@@ -701,7 +713,7 @@ struct Device::Impl {
   ReleaseRingProducer release;
 
   std::deque<Batch> batches;      // oldest first; at most one open, always the last
-  std::deque<Chain> chains;       // waiting for room on the release ring, in order
+  std::deque<Chain> chains;       // waiting for room on the release ring: at most one
   std::deque<PendingIo> ioQueue;  // every write not completed yet, in write order
   uint64_t nextSeq = 1;
   uint64_t doneThrough = 0;  // seq of the newest batch done
@@ -987,7 +999,6 @@ bool Device::retryPending() {
   Impl& d = *impl_;
   CallGuard guard(d.inCall);
   d.pushChains();
-  // Room on the release ring may also be room for commands (pending chains hold commands back).
   d.pump();
   d.completeReady();
   return !d.chains.empty();

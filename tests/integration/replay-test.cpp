@@ -159,10 +159,12 @@ Summary parseSummary(const std::string& out) {
   return {std::stoull(m[1]), std::stoull(m[2]), std::stoull(m[3]), std::stoull(m[4])};
 }
 
-// Lines the renderer logged at warning level: a command it rejected (DecodeError) or could not
-// draw (RasterError) — none is expected from a real driver's recording or a valid scenario.
+// Lines the renderer logged about a command it rejected (DecodeError: "guest command rejected,
+// not drawn") or could not draw (RasterError: "... not drawn") — none is expected from a real
+// driver's recording or a valid scenario. (Other warnings, such as an ASan build's sandbox
+// report, are not about commands.)
 std::vector<std::string> rendererWarnings(const std::string& log) {
-  static const std::regex level(R"(renderer\[\d+\] warn(ing)?:)");
+  static const std::regex level(R"(renderer\[\d+\] warn(ing)?: .*not drawn)");
   return linesMatching(log, level);
 }
 
