@@ -125,12 +125,19 @@ const std::string& BrokerProcess::stderrText() {
   return stderrText_;
 }
 
+void BrokerProcess::drain() {
+  // A deadline of now: poll without waiting. Once the broker is reaped its pidfd stays readable,
+  // so stop there (its stderr was drained when it was reaped).
+  while (!exitStatus_ && pumpOnce(Clock::now())) {
+  }
+}
+
 bool BrokerProcess::pumpOnce(Clock::time_point deadline) {
   for (;;) {
     auto left =
         std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0)
-      return false;
+    if (left < 0)
+      return false;  // (0: one poll that does not wait)
     // All three are always drained: a full stderr pipe or notification queue would block the
     // broker (sd_notify() blocks when the socket's queue is full).
     pollfd fds[3] = {

@@ -52,6 +52,11 @@ class BrokerProcess {
   // Everything the broker (and its children) wrote to stderr so far.
   const std::string& stderrText();
 
+  // Reads whatever the broker has sent so far (notifications, stderr) and reaps it if it exited,
+  // without waiting. Tests that wait on something else call it regularly: a full notification
+  // queue or stderr pipe would block the broker (sd_notify() blocks on a full queue).
+  void drain();
+
  private:
   void drainStderr();
   // Waits for one event, at most until `deadline`: a notification (STATUS lines update last_),

@@ -276,11 +276,11 @@ class TestVmm {
     return (uint64_t{slotId_} << idShift) | (uint64_t{generation_} << genShift) |
            (RAM_PHYS + ramOffset);
   }
-  // Runs the loop until `done`, draining the broker's stderr meanwhile (a full pipe would block
-  // it). The TestLoop's watchdog fails the test instead of hanging.
+  // Runs the loop until `done`, draining the broker's notifications and stderr meanwhile (full,
+  // they would block it). The TestLoop's watchdog fails the test instead of hanging.
   void runUntil(const std::function<bool()>& done) {
     loop_.runUntil([&] {
-      broker_.stderrText();
+      broker_.drain();
       INFO(closed_.value_or("channel open"));
       REQUIRE_FALSE(closed_);
       return done();

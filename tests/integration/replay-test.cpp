@@ -84,8 +84,8 @@ struct ProgramResult {
 };
 
 // Runs `binary` with `args`, its stdout and stderr into files in `dir`, while keeping the broker's
-// stderr pipe drained (a full pipe would stall the broker). Waits on the program's pidfd: the poll
-// returns when it exits; its timeout only paces the draining.
+// notification queue and stderr pipe drained (full, they would block the broker). Waits on the
+// program's pidfd: the poll returns when it exits; its timeout only paces the draining.
 ProgramResult runProgram(const char* binary, const std::vector<std::string>& args,
                          const std::filesystem::path& dir, test::BrokerProcess& broker) {
   auto outPath = dir / "program.out", errPath = dir / "program.err";
@@ -112,7 +112,7 @@ ProgramResult runProgram(const char* binary, const std::vector<std::string>& arg
   for (;;) {
     pollfd p{pidfd.get(), POLLIN, 0};
     int n = ::poll(&p, 1, 50);
-    broker.stderrText();  // drain
+    broker.drain();  // notifications and stderr: a full queue or pipe would block the broker
     if (n > 0)
       break;
     if (Clock::now() > deadline) {
