@@ -65,18 +65,11 @@
 
 #include "base/log.h"
 #include "tests/oracle/png-image.h"
-
-// Timers and watches that exist but never fire (see above). spice-core.h declares them opaque
-// at global scope, so they are completed here.
-struct SpiceTimer {};
-struct SpiceWatch {};
+#include "tests/oracle/spice-host.h"
 
 namespace spicebox::oracle {
 namespace {
 
-// Surface ids the replayer may allocate; QEMU's MAX_SURFACE_NUM, also spice-server's replay tool.
-constexpr int MAX_SURFACES = 1024;
-constexpr uint32_t MEMSLOT_GROUP = 0;
 // How long the main thread waits for the worker to take a command before calling it a hang. The
 // wait ends on the worker's event; this only turns a deadlock into an error message.
 constexpr std::chrono::seconds WORKER_TIMEOUT{60};
@@ -90,42 +83,6 @@ struct Options {
   std::vector<std::string> compare;
   std::string logLevel;
 };
-
-// ------------------------------------------------------------------ inert core
-
-SpiceTimer* timerAdd(SpiceTimerFunc, void*) {
-  return new SpiceTimer;
-}
-void timerStart(SpiceTimer*, uint32_t) {}
-void timerCancel(SpiceTimer*) {}
-void timerRemove(SpiceTimer* timer) {
-  delete timer;
-}
-SpiceWatch* watchAdd(int, int, SpiceWatchFunc, void*) {
-  return new SpiceWatch;
-}
-void watchUpdateMask(SpiceWatch*, int) {}
-void watchRemove(SpiceWatch* watch) {
-  delete watch;
-}
-void channelEvent(int, SpiceChannelEventInfo*) {}
-
-SpiceCoreInterface makeCore() {
-  SpiceCoreInterface core{};
-  core.base.type = SPICE_INTERFACE_CORE;
-  core.base.description = "spicebox-render-oracle";
-  core.base.major_version = SPICE_INTERFACE_CORE_MAJOR;
-  core.base.minor_version = SPICE_INTERFACE_CORE_MINOR;
-  core.timer_add = timerAdd;
-  core.timer_start = timerStart;
-  core.timer_cancel = timerCancel;
-  core.timer_remove = timerRemove;
-  core.watch_add = watchAdd;
-  core.watch_update_mask = watchUpdateMask;
-  core.watch_remove = watchRemove;
-  core.channel_event = channelEvent;
-  return core;
-}
 
 // ------------------------------------------------------------------ command hand-over
 
@@ -240,28 +197,6 @@ class Oracle {
 
 // ------------------------------------------------------------------ QXL interface
 
-void attachedWorker(QXLInstance* qin) {
-  // The replayer hands the worker pointers into its own heap as QXLPHYSICAL addresses, so one
-  // slot maps the whole address space 1:1.
-  QXLDevMemSlot slot{};
-  slot.slot_group_id = MEMSLOT_GROUP;
-  slot.slot_id = 0;
-  slot.generation = 0;
-  slot.virt_start = 0;
-  slot.virt_end = ~uint64_t{0};
-  slot.addr_delta = 0;
-  slot.qxl_ram_size = ~uint32_t{0};
-  spice_qxl_add_memslot(qin, &slot);
-}
-void setCompressionLevel(QXLInstance*, int) {}
-void getInitInfo(QXLInstance*, QXLDevInitInfo* info) {
-  std::memset(info, 0, sizeof(*info));
-  info->num_memslots = 1;
-  info->num_memslots_groups = 1;
-  info->memslot_id_bits = 1;
-  info->memslot_gen_bits = 1;
-  info->n_surfaces = MAX_SURFACES;
-}
 int getCommand(QXLInstance* qin, QXLCommandExt* ext) {
   return oracleOf(qin).getCommand(ext);
 }
@@ -277,29 +212,14 @@ int getCursorCommand(QXLInstance* qin, QXLCommandExt* ext) {
 int reqCursorNotification(QXLInstance* qin) {
   return oracleOf(qin).reqCursorNotification();
 }
-void notifyUpdate(QXLInstance*, uint32_t) {}
-int flushResources(QXLInstance*) {
-  return 0;
-}
-void asyncComplete(QXLInstance*, uint64_t) {}
-
+// The replay host (spice-host.h) with the worker fed from our queues.
 QXLInterface makeQxlInterface() {
-  QXLInterface sif{};
-  sif.base.type = SPICE_INTERFACE_QXL;
-  sif.base.description = "spicebox-render-oracle";
-  sif.base.major_version = SPICE_INTERFACE_QXL_MAJOR;
-  sif.base.minor_version = SPICE_INTERFACE_QXL_MINOR;
-  sif.attached_worker = attachedWorker;
-  sif.set_compression_level = setCompressionLevel;
-  sif.get_init_info = getInitInfo;
+  QXLInterface sif = replayQxlInterface("spicebox-render-oracle");
   sif.get_command = getCommand;
   sif.req_cmd_notification = reqCmdNotification;
   sif.release_resource = releaseResource;
   sif.get_cursor_command = getCursorCommand;
   sif.req_cursor_notification = reqCursorNotification;
-  sif.notify_update = notifyUpdate;
-  sif.flush_resources = flushResources;
-  sif.async_complete = asyncComplete;
   return sif;
 }
 
@@ -459,7 +379,7 @@ int Oracle::run() {
     return 2;
   }
   FILE* stream = file.release();  // spice_replay_free fclose()s it
-  static SpiceCoreInterface core = makeCore();
+  static SpiceCoreInterface core = inertCore("spicebox-render-oracle");
   static QXLInterface sif = makeQxlInterface();
   SpiceServer* server = spice_server_new();
   spice_server_set_noauth(server);

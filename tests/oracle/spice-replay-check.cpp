@@ -27,122 +27,11 @@
 #include <cstring>
 #include <memory>
 
-namespace {
-
-// Surface ids the replayer may allocate; QEMU's MAX_SURFACE_NUM, which is
-// also what spice-server's own replay tool passes.
-constexpr int MAX_SURFACES = 1024;
-constexpr uint32_t MEMSLOT_GROUP = 0;
-
-// ---------------------------------------------------------------- inert core
-
-}  // namespace
-
-// Timers and watches that exist but never fire: spice_server_init needs
-// non-NULL handles (a NULL migration timer is fatal), and with no client and
-// no listening socket no callback is ever due. These complete spice-core.h's
-// opaque types, so they live at global scope.
-struct SpiceTimer {};
-struct SpiceWatch {};
+#include "tests/oracle/spice-host.h"
 
 namespace {
 
-SpiceTimer* timerAdd(SpiceTimerFunc, void*) {
-  return new SpiceTimer;
-}
-void timerStart(SpiceTimer*, uint32_t) {}
-void timerCancel(SpiceTimer*) {}
-void timerRemove(SpiceTimer* timer) {
-  delete timer;
-}
-SpiceWatch* watchAdd(int, int, SpiceWatchFunc, void*) {
-  return new SpiceWatch;
-}
-void watchUpdateMask(SpiceWatch*, int) {}
-void watchRemove(SpiceWatch* watch) {
-  delete watch;
-}
-void channelEvent(int, SpiceChannelEventInfo*) {}
-
-SpiceCoreInterface makeCore() {
-  SpiceCoreInterface core{};
-  core.base.type = SPICE_INTERFACE_CORE;
-  core.base.description = "spicebox-replay-check";
-  core.base.major_version = SPICE_INTERFACE_CORE_MAJOR;
-  core.base.minor_version = SPICE_INTERFACE_CORE_MINOR;
-  core.timer_add = timerAdd;
-  core.timer_start = timerStart;
-  core.timer_cancel = timerCancel;
-  core.timer_remove = timerRemove;
-  core.watch_add = watchAdd;
-  core.watch_update_mask = watchUpdateMask;
-  core.watch_remove = watchRemove;
-  core.channel_event = channelEvent;
-  return core;
-}
-
-// ---------------------------------------------------------------- QXL stubs
-
-// The replayer hands the worker pointers into its own heap as QXLPHYSICAL
-// addresses, so one slot must map the whole address space 1:1.
-QXLDevMemSlot identitySlot() {
-  QXLDevMemSlot slot{};
-  slot.slot_group_id = MEMSLOT_GROUP;
-  slot.slot_id = 0;
-  slot.generation = 0;
-  slot.virt_start = 0;
-  slot.virt_end = ~uint64_t{0};
-  slot.addr_delta = 0;
-  slot.qxl_ram_size = ~uint32_t{0};
-  return slot;
-}
-
-void attachedWorker(QXLInstance* qin) {
-  QXLDevMemSlot slot = identitySlot();
-  spice_qxl_add_memslot(qin, &slot);
-}
-void setCompressionLevel(QXLInstance*, int) {}
-void getInitInfo(QXLInstance*, QXLDevInitInfo* info) {
-  std::memset(info, 0, sizeof(*info));
-  info->num_memslots = 1;
-  info->num_memslots_groups = 1;
-  info->memslot_id_bits = 1;
-  info->memslot_gen_bits = 1;
-  info->n_surfaces = MAX_SURFACES;
-}
-// Commands go to our counter, never to the worker.
-int getCommand(QXLInstance*, QXLCommandExt*) {
-  return 0;
-}
-int reqNotification(QXLInstance*) {
-  return 1;
-}
-void releaseResource(QXLInstance*, QXLReleaseInfoExt) {}
-void notifyUpdate(QXLInstance*, uint32_t) {}
-int flushResources(QXLInstance*) {
-  return 0;
-}
-void asyncComplete(QXLInstance*, uint64_t) {}
-
-QXLInterface makeQxlInterface() {
-  QXLInterface sif{};
-  sif.base.type = SPICE_INTERFACE_QXL;
-  sif.base.description = "spicebox-replay-check";
-  sif.base.major_version = SPICE_INTERFACE_QXL_MAJOR;
-  sif.base.minor_version = SPICE_INTERFACE_QXL_MINOR;
-  sif.attached_worker = attachedWorker;
-  sif.set_compression_level = setCompressionLevel;
-  sif.get_init_info = getInitInfo;
-  sif.get_command = getCommand;
-  sif.req_cmd_notification = reqNotification;
-  sif.release_resource = releaseResource;
-  sif.get_cursor_command = getCommand;
-  sif.req_cursor_notification = reqNotification;
-  sif.notify_update = notifyUpdate;
-  sif.flush_resources = flushResources;
-  sif.async_complete = asyncComplete;
-  return sif;
-}
+using spicebox::oracle::MAX_SURFACES;
 
 struct FileCloser {
   void operator()(FILE* f) const { std::fclose(f); }
@@ -178,8 +67,9 @@ int main(int argc, char** argv) {
   }
   // From here the replay owns the stream: spice_replay_free fclose()s it.
   FILE* stream = file.release();
-  static SpiceCoreInterface core = makeCore();
-  static QXLInterface sif = makeQxlInterface();
+  // Commands go to our counter, never to the worker: the interface's defaults.
+  static SpiceCoreInterface core = spicebox::oracle::inertCore("spicebox-replay-check");
+  static QXLInterface sif = spicebox::oracle::replayQxlInterface("spicebox-replay-check");
   static QXLInstance qxl{};
   SpiceServer* server = spice_server_new();
   spice_server_set_noauth(server);
