@@ -416,31 +416,19 @@ TEST_CASE("netproxy: the heap grows, large blocks are reallocated, memory is giv
 }
 
 TEST_CASE("netproxy: logging through the descriptor the broker passed works") {
-  int logPipe[2];
-  REQUIRE(::pipe2(logPipe, O_CLOEXEC) == 0);
-  base::Fd logRead(logPipe[0]);
-  base::Fd logWrite(logPipe[1]);
-  ChildOutcome outcome = runInChild([fd = logWrite.get()] {
-    base::initLogging("netproxy", fd, "info");
-    sandbox::enter(sandboxProfile({fd}), sandbox::Mode::BestEffort);
-    spdlog::info("client {} connected", 1);
-    return 0;
-  });
-  logWrite.reset();
-  std::string log = sandbox::testing::readAll(logRead.get());
-  INFO(outcome.describe());
-  INFO(log);
-  REQUIRE(outcome.exitedWith(0));
-  CHECK(log.find("netproxy[") != std::string::npos);
-  CHECK(log.find("sandbox level full") != std::string::npos);
-  CHECK(log.find("client 1 connected") != std::string::npos);
+  auto run = sandbox::testing::runLoggingChild("netproxy", sandboxProfile,
+                                               [] { spdlog::info("client {} connected", 1); });
+  INFO(run.outcome.describe());
+  INFO(run.log);
+  REQUIRE(run.outcome.exitedWith(0));
+  CHECK(run.log.find("netproxy[") != std::string::npos);
+  CHECK(run.log.find("sandbox level full") != std::string::npos);
+  CHECK(run.log.find("client 1 connected") != std::string::npos);
 }
 
 TEST_CASE("netproxy: the seccomp filter matches the reviewed allowlist") {
-  const std::vector<std::string> allowed = sandbox::allowedSyscalls(sandboxProfile({}));
-  const std::vector<std::string> reviewed =
-      sandbox::testing::reviewedAllowlist(SPICEBOX_NETPROXY_ALLOWLIST);
-  const std::string difference = sandbox::testing::allowlistDifference(allowed, reviewed);
+  const std::string difference =
+      sandbox::testing::allowlistMismatch(sandboxProfile({}), SPICEBOX_NETPROXY_ALLOWLIST);
   INFO("reviewed list: " SPICEBOX_NETPROXY_ALLOWLIST);
   INFO(difference);
   CHECK(difference.empty());

@@ -371,33 +371,22 @@ TEST_CASE("renderer: Cap'n Proto messages with descriptors go both ways") {
 }
 
 TEST_CASE("renderer: logging through the descriptor the broker passed works") {
-  int logPipe[2];
-  REQUIRE(::pipe2(logPipe, O_CLOEXEC) == 0);
-  base::Fd logRead(logPipe[0]);
-  base::Fd logWrite(logPipe[1]);
-  ChildOutcome outcome = runInChild([fd = logWrite.get()] {
-    base::initLogging("renderer", fd, "info");
-    sandbox::enter(sandboxProfile({fd}), sandbox::Mode::BestEffort);
+  auto run = sandbox::testing::runLoggingChild("renderer", sandboxProfile, [] {
     spdlog::info("drew {} rectangles", 3);
     spdlog::warn("quarantined command {}", 7);
-    return 0;
   });
-  logWrite.reset();
-  std::string log = sandbox::testing::readAll(logRead.get());
-  INFO(outcome.describe());
-  INFO(log);
-  REQUIRE(outcome.exitedWith(0));
-  CHECK(log.find("renderer[") != std::string::npos);
-  CHECK(log.find("sandbox level full") != std::string::npos);
-  CHECK(log.find("drew 3 rectangles") != std::string::npos);
-  CHECK(log.find("quarantined command 7") != std::string::npos);
+  INFO(run.outcome.describe());
+  INFO(run.log);
+  REQUIRE(run.outcome.exitedWith(0));
+  CHECK(run.log.find("renderer[") != std::string::npos);
+  CHECK(run.log.find("sandbox level full") != std::string::npos);
+  CHECK(run.log.find("drew 3 rectangles") != std::string::npos);
+  CHECK(run.log.find("quarantined command 7") != std::string::npos);
 }
 
 TEST_CASE("renderer: the seccomp filter matches the reviewed allowlist") {
-  const std::vector<std::string> allowed = sandbox::allowedSyscalls(sandboxProfile({}));
-  const std::vector<std::string> reviewed =
-      sandbox::testing::reviewedAllowlist(SPICEBOX_RENDERER_ALLOWLIST);
-  const std::string difference = sandbox::testing::allowlistDifference(allowed, reviewed);
+  const std::string difference =
+      sandbox::testing::allowlistMismatch(sandboxProfile({}), SPICEBOX_RENDERER_ALLOWLIST);
   INFO("reviewed list: " SPICEBOX_RENDERER_ALLOWLIST);
   INFO(difference);
   CHECK(difference.empty());

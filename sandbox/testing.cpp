@@ -18,6 +18,7 @@
 #include <iterator>
 #include <stdexcept>
 
+#include "base/fd.h"
 #include "base/log.h"
 #include "sandbox/sanitizers.h"
 
@@ -194,6 +195,30 @@ std::vector<std::string> reviewedAllowlist(const std::string& path) {
     names.erase(std::unique(names.begin(), names.end()), names.end());
   }
   return names;
+}
+
+std::string allowlistMismatch(const Profile& profile, const std::string& path) {
+  return allowlistDifference(allowedSyscalls(profile), reviewedAllowlist(path));
+}
+
+LoggedChild runLoggingChild(const char* name,
+                            const std::function<Profile(std::vector<int>)>& makeProfile,
+                            const std::function<void()>& logSome) {
+  int logPipe[2];
+  if (::pipe2(logPipe, O_CLOEXEC) != 0)
+    throw std::runtime_error(std::string("pipe2: ") + std::strerror(errno));
+  base::Fd logRead(logPipe[0]);
+  base::Fd logWrite(logPipe[1]);
+  LoggedChild result;
+  result.outcome = runInChild([&, fd = logWrite.get()] {
+    base::initLogging(name, fd, "info");
+    enter(makeProfile({fd}), Mode::BestEffort);
+    logSome();
+    return 0;
+  });
+  logWrite.reset();
+  result.log = readAll(logRead.get());
+  return result;
 }
 
 std::string allowlistDifference(const std::vector<std::string>& allowed,

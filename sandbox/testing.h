@@ -72,6 +72,20 @@ std::vector<std::string> reviewedAllowlist(const std::string& path);
 std::string allowlistDifference(const std::vector<std::string>& allowed,
                                 const std::vector<std::string>& reviewed);
 
+// allowlistDifference between what `profile`'s seccomp filter allows and the reviewed list at
+// `path` (reviewedAllowlist): empty when they agree.
+std::string allowlistMismatch(const Profile& profile, const std::string& path);
+
+// A child that makes the process logger `name` on a pipe (base/log.h), enters the sandbox
+// `makeProfile({pipe})` builds (Mode::BestEffort), then runs `logSome`; with what it wrote.
+struct LoggedChild {
+  ChildOutcome outcome;
+  std::string log;
+};
+LoggedChild runLoggingChild(const char* name,
+                            const std::function<Profile(std::vector<int>)>& makeProfile,
+                            const std::function<void()>& logSome);
+
 // Allowed work shared by both processes, run inside the sandbox: creates a libuv loop, runs a
 // timer and a uv_poll on `socketFd`; on readable reads one byte 'p' and answers 'c'. Returns 0,
 // or a failure code 80..89 (after writing what failed to stderr).
