@@ -493,13 +493,23 @@ RasterResult drawCopyBits(DrawContext& c, const qxlcmd::CopyBits& cb) {
   Region source(clampToInt32(dx), clampToInt32(dy), clampToInt32(dx + c.surface.width),
                 clampToInt32(dy + c.surface.height));
   c.region.intersect(source);
+  if (c.region.empty()) {
+    return std::nullopt;
+  }
   // The reference orders its row copies so that overlapping source and destination read the
-  // pixels as they were before the command; a snapshot of the source gives the same result.
-  PixmanImage snapshot = images::convertImage(c.dest, c.format);
+  // pixels as they were before the command; a snapshot of the source gives the same result. Only
+  // the source of the region is copied (a per-command cost: the whole surface would be megabytes
+  // for a one-line scroll).
+  const pixman_box32_t* box = pixman_region32_extents(c.region.get());
+  const int32_t sx = clampToInt32(box->x1 - dx), sy = clampToInt32(box->y1 - dy);
+  const int w = box->x2 - box->x1, h = box->y2 - box->y1;
+  PixmanImage snapshot(pixman_image_create_bits(c.format, w, h, nullptr, 0));
   if (!snapshot) {
     return RasterError::BadArea;
   }
-  pixels::blitRegion(c.dest, c.region, snapshot.get(), dx, dy, Rop::Copy);
+  pixman_image_composite32(PIXMAN_OP_SRC, c.dest, nullptr, snapshot.get(), sx, sy, 0, 0, 0, 0, w,
+                           h);
+  pixels::blitRegion(c.dest, c.region, snapshot.get(), dx + sx, dy + sy, Rop::Copy);
   return std::nullopt;
 }
 
