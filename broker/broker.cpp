@@ -1,12 +1,20 @@
 #include "broker/broker.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <type_traits>
 
 #include <spdlog/spdlog.h>
 #include "base/syscall.h"
 #include "broker/peer-netproxy.h"
 #include "broker/peer-renderer.h"
+#include "ipc/render.capnp.h"
 
 namespace spicebox::broker {
 
@@ -16,8 +24,34 @@ namespace {
 constexpr uint64_t STATUS_REFRESH_MS = 1000;
 // How long the built-in guest has to stop after SIGTERM.
 constexpr Millis BUILTIN_GUEST_STOP_GRACE{2000};
+constexpr uint64_t PAGE_BYTES = 4096;
 
 }  // namespace
+
+std::variant<std::shared_ptr<DisplaySegment>, std::string> createDisplaySegment(
+    uint32_t width, uint32_t height, uint64_t generation) {
+  // The device refuses larger primaries already; this bounds what the broker allocates even if
+  // it did not (8192 x 8192 x 4 = 256 MiB).
+  const uint32_t max = ipc::render::MAX_DISPLAY_DIMENSION;
+  if (width == 0 || height == 0 || width > max || height > max)
+    return fmt::format("primary of {}x{} pixels: no display segment is made above {}x{}", width,
+                       height, max, max);
+  const uint32_t stride = width * 4;
+  const uint64_t size = (uint64_t{stride} * height + PAGE_BYTES - 1) / PAGE_BYTES * PAGE_BYTES;
+  base::Fd fd(::memfd_create("spicebox-display", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd)
+    return fmt::format("memfd_create of a display segment failed: {}", std::strerror(errno));
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0)
+    return fmt::format("cannot size a display segment to {} bytes: {} (is memory short?)", size,
+                       std::strerror(errno));
+  // Nobody who gets the descriptor can shrink it under another's mapping (SIGBUS) or grow it.
+  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+    return fmt::format("cannot seal a display segment: {}", std::strerror(errno));
+  auto segment = std::make_shared<DisplaySegment>();
+  segment->fd = std::move(fd);
+  segment->layout = DisplaySegmentLayout{generation, size, stride, width, height};
+  return segment;
+}
 
 std::string builtinGuestPath(const Config& config) {
   return config.libexecDir + "/spicebox-guestsim";
@@ -144,6 +178,7 @@ void Broker::onUnlinked() {
   // accepted in order and ignored.
   orphaned_.insert(orphaned_.end(), inFlight_.begin(), inFlight_.end());
   inFlight_.clear();
+  dropSegments();
   capnp::MallocMessageBuilder message;
   buildDropGuestMemory(message);
   renderer_->send(message);  // no ready renderer: the next one starts without guest memory
@@ -161,11 +196,67 @@ void Broker::connectRendererToDevice() {
   const int fds[] = {bars->ram.fd(), bars->vram.fd()};
   if (!renderer_->send(message, fds))
     return;  // the renderer is being replaced; its successor gets here from onRendererReady()
+  // The picture lives on in the segment: the new renderer gets it before the batches.
+  if (segment_ && !sendSegment(*segment_))
+    return;
   vmm_->rendererAvailable();
 }
 
+bool Broker::sendSegment(const DisplaySegment& segment) {
+  capnp::MallocMessageBuilder message;
+  buildDisplaySegment(message, segment.layout);
+  const int fds[] = {segment.fd.get()};
+  return renderer_->send(message, fds);
+}
+
+void Broker::dropSegments() {
+  segment_.reset();
+  plannedPrimary_.reset();
+  plans_.clear();
+}
+
+Broker::BatchOutputPlan Broker::planBatch(std::span<const qxl::WorkItem> items) {
+  BatchOutputPlan plan;
+  // The last createPrimary of the batch gets a segment (the renderer draws a createPrimary into
+  // the latest segment of its size: an earlier one in the same batch, of another size, is not
+  // created; the device lets a guest do that only by destroying the primary in between).
+  for (const qxl::WorkItem& item : items) {
+    if (const auto* create = std::get_if<qxl::CreatePrimaryItem>(&item)) {
+      plannedPrimary_ = PrimarySize{create->width, create->height};
+      auto made = createDisplaySegment(create->width, create->height, nextSegmentGeneration_);
+      if (auto* error = std::get_if<std::string>(&made)) {
+        spdlog::error("{}; the primary is not shown", *error);
+        plan.segment.reset();
+        segment_.reset();
+        plannedPrimary_.reset();  // the renderer cannot create it: it reports no output
+        continue;
+      }
+      ++nextSegmentGeneration_;
+      plan.segment = std::move(std::get<std::shared_ptr<DisplaySegment>>(made));
+      segment_ = plan.segment;
+    } else if (std::holds_alternative<qxl::DestroyPrimaryItem>(item) ||
+               std::holds_alternative<qxl::DestroyAllSurfacesItem>(item) ||
+               std::holds_alternative<qxl::ResetItem>(item) ||
+               (std::holds_alternative<qxl::DestroySurfaceItem>(item) &&
+                std::get<qxl::DestroySurfaceItem>(item).surfaceId == 0)) {
+      // The renderer keeps its mapping until it is done with the batch; ours goes now.
+      segment_.reset();
+      plannedPrimary_.reset();
+    }
+  }
+  plan.primaryAfter = plannedPrimary_;
+  return plan;
+}
+
 bool Broker::sendBatch(uint64_t seq, std::span<const qxl::WorkItem> items) {
+  // Planned once, when the device first hands the batch over; a resend (same seq, same items)
+  // reuses the plan and its segment.
+  auto it = plans_.find(seq);
+  if (it == plans_.end())
+    it = plans_.emplace(seq, planBatch(items)).first;
   if (renderer_->state() != ChildState::Ready)
+    return false;
+  if (it->second.segment && !sendSegment(*it->second.segment))
     return false;
   capnp::MallocMessageBuilder message;
   buildBatch(message, seq, items);
@@ -189,7 +280,17 @@ ipc::Channel::Verdict Broker::onRendererMessage(const BoundaryMessage& message) 
   if (done.seq != inFlight_.front())
     return fmt::format("batchDone for batch {}, but the oldest batch in flight is {}", done.seq,
                        inFlight_.front());
+  // The output must lie inside the primary as it is when the batch ends.
+  auto plan = plans_.find(done.seq);
+  const std::optional<PrimarySize> primary =
+      plan != plans_.end() ? plan->second.primaryAfter : std::nullopt;
+  if (auto refusal = checkOutput(done, primary))
+    return refusal;
+  plans_.erase(plans_.begin(), plans_.upper_bound(done.seq));
   inFlight_.pop_front();
+  damageRects_ += done.damage.size();
+  hints_ += done.hints.size();
+  lastOutput_ = done;  // TODO(issue-5): the netproxy forwards it to clients
   if (done.rejected > 0)
     spdlog::debug("renderer could not read {} commands of batch {}", done.rejected, done.seq);
   const qxl::Device* device = vmm_ ? vmm_->device() : nullptr;
@@ -245,6 +346,10 @@ void Broker::reportStatus() {
   std::string status = renderer_->describe() + "; " + netproxy_->describe();
   if (vmm_)
     status += "; " + vmm_->describe();
+  if (segment_)
+    status += fmt::format("; display {}x{} (segment {}), {} damage rects, {} hints",
+                          segment_->layout.width, segment_->layout.height,
+                          segment_->layout.generation, damageRects_, hints_);
   if (status == lastStatus_)
     return;
   lastStatus_ = status;

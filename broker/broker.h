@@ -1,19 +1,23 @@
 // Runs in: broker (privileged). Owns the event loop, the children, the VMM link and its QXL device
-// model, and (later) every shared-memory segment. Parses no draw command and no SPICE message.
-// Input: the renderer's batchDone answers (assumed compromised: checked against the batches in
-// flight here); everything else arrives checked by VmmLink and the child peers.
+// model, and the display segments (memfds the primary is drawn into). Parses no draw command and no
+// SPICE message. Input: the renderer's batchDone answers (assumed compromised: checked against the
+// batches in flight here); everything else arrives checked by VmmLink and the child peers.
 #pragma once
 
 #include <uv.h>
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 
+#include "base/fd.h"
 #include "base/uv-handle.h"
 #include "broker/children.h"
+#include "broker/peer-renderer.h"
 #include "broker/vmm-link.h"
 #include "sandbox/sandbox.h"
 
@@ -34,6 +38,18 @@ struct Config {
 std::string builtinGuestPath(const Config& config);
 // Whether `config` starts the built-in guest.
 bool usesBuiltinGuest(const Config& config);
+
+// A display segment: the memfd a primary is drawn into (sealed against shrinking, growing and
+// further seals). The broker owns it; the renderer maps it read-write, later the netproxy
+// read-only (issue 5/6).
+struct DisplaySegment {
+  base::Fd fd;
+  DisplaySegmentLayout layout;
+};
+
+// Creates a segment for a width x height 32 bpp primary (1 .. 8192 each, else the refusal).
+std::variant<std::shared_ptr<DisplaySegment>, std::string> createDisplaySegment(
+    uint32_t width, uint32_t height, uint64_t generation);
 
 class Broker {
  public:
@@ -63,7 +79,17 @@ class Broker {
   // Gives the renderer the guest memory and lets the device resend its state.
   void connectRendererToDevice();
   bool sendBatch(uint64_t seq, std::span<const qxl::WorkItem> items);
+  bool sendSegment(const DisplaySegment& segment);
   ipc::Channel::Verdict onRendererMessage(const BoundaryMessage& message);
+
+  // What the broker derives from a batch when it is first sent: the segment made for its
+  // createPrimary (sent again before it on every resend) and the primary when it ends.
+  struct BatchOutputPlan {
+    std::shared_ptr<DisplaySegment> segment;
+    std::optional<PrimarySize> primaryAfter;
+  };
+  BatchOutputPlan planBatch(std::span<const qxl::WorkItem> items);
+  void dropSegments();
 
   Config config_;
   uv_loop_t loop_{};
@@ -80,6 +106,16 @@ class Broker {
   // Batches of a device whose link ended, still in the renderer's queue: their batchDone is
   // accepted (in order) and ignored.
   std::deque<uint64_t> orphaned_;
+  // The current primary's segment (null: no primary), the primary as of the last batch planned,
+  // and the plans of the batches not answered yet, by seq.
+  std::shared_ptr<DisplaySegment> segment_;
+  std::optional<PrimarySize> plannedPrimary_;
+  std::map<uint64_t, BatchOutputPlan> plans_;
+  uint64_t nextSegmentGeneration_ = 1;
+  // The last batchDone's output (issues 5/6: the netproxy forwards it) and running totals.
+  RendererBatchDone lastOutput_;
+  uint64_t damageRects_ = 0;
+  uint64_t hints_ = 0;
   bool shuttingDown_ = false;
   bool notifiedReady_ = false;
   int exitStatus_ = 0;

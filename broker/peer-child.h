@@ -27,10 +27,26 @@ struct ChildHelloInfo {
 inline constexpr size_t MAX_SANDBOX_MISSING_ENTRIES = 16;
 inline constexpr size_t MAX_SANDBOX_MISSING_TEXT = 128;
 
-// render.capnp batchDone, decoded (the seq check against the batches in flight is the owner's).
+// render.capnp batchDone, decoded (the seq check against the batches in flight is the owner's;
+// so is the check that every rectangle lies inside the primary: peer-renderer.h checkOutput).
+struct RendererRect {
+  int32_t top = 0, left = 0, bottom = 0, right = 0;
+  bool operator==(const RendererRect&) const = default;
+};
+struct RendererSolidFill {
+  uint32_t color = 0;
+  std::vector<RendererRect> rects;
+};
+struct RendererCopyBits {
+  int32_t srcX = 0, srcY = 0;
+  RendererRect dest;
+};
+using RendererHint = std::variant<RendererSolidFill, RendererCopyBits>;
 struct RendererBatchDone {
   uint64_t seq = 0;
   uint32_t rejected = 0;
+  std::vector<RendererRect> damage;  // render.capnp BatchDone.damage, in primary coordinates
+  std::vector<RendererHint> hints;   // BatchDone.hints, in draw order
 };
 
 // A boundary message beyond hello and heartbeat, decoded and range-checked by the peer, for the

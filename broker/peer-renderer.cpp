@@ -1,5 +1,7 @@
 #include "broker/peer-renderer.h"
 
+#include <spdlog/fmt/fmt.h>
+
 #include <type_traits>
 
 #include "base/assert.h"
@@ -31,11 +33,93 @@ class RendererPeer : public HeartbeatPeer<BrokerToRenderer, RendererToBroker, PR
                   std::to_string(MAX_ITEMS_PER_BATCH);
       return d;
     }
+    RendererBatchDone decoded{done.getSeq(), done.getRejected(), {}, {}};
+    if (auto refusal = decodeOutput(done, decoded)) {
+      d.refusal = std::move(*refusal);
+      return d;
+    }
     d.kind = Decoded::Kind::Boundary;
-    d.boundary = RendererBatchDone{done.getSeq(), done.getRejected()};
+    d.boundary = std::move(decoded);
     return d;
   }
+
+ private:
+  // Counts and non-empty rectangles inside the largest display; the owner checks the rectangles
+  // against the primary of the batch (checkOutput).
+  static std::optional<std::string> decodeOutput(BatchDone::Reader done, RendererBatchDone& out) {
+    auto damage = done.getDamage();
+    if (damage.size() > MAX_DAMAGE_RECTS)
+      return fmt::format("batchDone reports {} damage rectangles, at most {} are allowed",
+                         damage.size(), MAX_DAMAGE_RECTS);
+    for (auto r : damage) {
+      auto rect = decodeRect(r);
+      if (!rect)
+        return fmt::format("batchDone damage rectangle {} is empty or out of range",
+                           describeRect(r));
+      out.damage.push_back(*rect);
+    }
+    auto hints = done.getHints();
+    if (hints.size() > MAX_HINTS)
+      return fmt::format("batchDone reports {} hints, at most {} are allowed", hints.size(),
+                         MAX_HINTS);
+    for (auto hint : hints) {
+      switch (hint.which()) {
+        case Hint::SOLID_FILL: {
+          auto fill = hint.getSolidFill();
+          auto rects = fill.getRects();
+          if (rects.size() == 0 || rects.size() > MAX_HINT_RECTS)
+            return fmt::format("batchDone solidFill hint of {} rectangles, 1 .. {} are allowed",
+                               rects.size(), MAX_HINT_RECTS);
+          RendererSolidFill f{fill.getColor(), {}};
+          for (auto r : rects) {
+            auto rect = decodeRect(r);
+            if (!rect)
+              return fmt::format("batchDone solidFill rectangle {} is empty or out of range",
+                                 describeRect(r));
+            f.rects.push_back(*rect);
+          }
+          out.hints.emplace_back(std::move(f));
+          break;
+        }
+        case Hint::COPY_BITS: {
+          auto copy = hint.getCopyBits();
+          auto dest = decodeRect(copy.getDest());
+          if (!dest)
+            return fmt::format("batchDone copyBits destination {} is empty or out of range",
+                               describeRect(copy.getDest()));
+          out.hints.emplace_back(RendererCopyBits{copy.getSrcX(), copy.getSrcY(), *dest});
+          break;
+        }
+        default:
+          return fmt::format("batchDone hint of unknown type {}",
+                             static_cast<unsigned>(hint.which()));
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Non-empty and inside [0, maxDisplayDimension) in both directions, or nullopt.
+  static std::optional<RendererRect> decodeRect(Rect::Reader r) {
+    const int64_t max = MAX_DISPLAY_DIMENSION;
+    if (r.getLeft() < 0 || r.getTop() < 0 || r.getLeft() >= r.getRight() ||
+        r.getTop() >= r.getBottom() || r.getRight() > max || r.getBottom() > max)
+      return std::nullopt;
+    return RendererRect{r.getTop(), r.getLeft(), r.getBottom(), r.getRight()};
+  }
+  static std::string describeRect(Rect::Reader r) {
+    return fmt::format("(left {}, top {}, right {}, bottom {})", r.getLeft(), r.getTop(),
+                       r.getRight(), r.getBottom());
+  }
 };
+
+bool inside(const RendererRect& r, const PrimarySize& p) {
+  return r.left >= 0 && r.top >= 0 && r.left < r.right && r.top < r.bottom &&
+         int64_t{r.right} <= p.width && int64_t{r.bottom} <= p.height;
+}
+
+std::string describe(const RendererRect& r) {
+  return fmt::format("(left {}, top {}, right {}, bottom {})", r.left, r.top, r.right, r.bottom);
+}
 
 void fillItem(WorkItem::Builder out, const qxl::WorkItem& item) {
   std::visit(
@@ -103,6 +187,54 @@ void buildGuestMemory(capnp::MessageBuilder& message, const GuestMemoryLayout& l
   g.setVramSize(layout.vramSize);
   g.setRamPhysStart(layout.ramPhysStart);
   g.setVramPhysStart(layout.vramPhysStart);
+}
+
+void buildDisplaySegment(capnp::MessageBuilder& message, const DisplaySegmentLayout& layout) {
+  auto s = message.initRoot<BrokerToRenderer>().initDisplaySegment();
+  s.setGeneration(layout.generation);
+  s.setSize(layout.size);
+  s.setOffset(0);
+  s.setStride(layout.stride);
+  s.setWidth(layout.width);
+  s.setHeight(layout.height);
+}
+
+std::optional<std::string> checkOutput(const RendererBatchDone& done,
+                                       const std::optional<PrimarySize>& primary) {
+  if (!primary) {
+    if (!done.damage.empty() || !done.hints.empty())
+      return fmt::format("batchDone {} reports output, but no primary exists after that batch",
+                         done.seq);
+    return std::nullopt;
+  }
+  const auto outside = [&](const char* what, const RendererRect& r) {
+    return fmt::format("batchDone {}: {} {} lies outside the {}x{} primary", done.seq, what,
+                       describe(r), primary->width, primary->height);
+  };
+  for (const RendererRect& r : done.damage)
+    if (!inside(r, *primary))
+      return outside("damage rectangle", r);
+  for (const RendererHint& hint : done.hints) {
+    if (const auto* fill = std::get_if<RendererSolidFill>(&hint)) {
+      for (const RendererRect& r : fill->rects)
+        if (!inside(r, *primary))
+          return outside("solidFill rectangle", r);
+    } else {
+      const auto& copy = std::get<RendererCopyBits>(hint);
+      if (!inside(copy.dest, *primary))
+        return outside("copyBits destination", copy.dest);
+      // 64-bit: the source corner is any int32 pair.
+      const int64_t w = int64_t{copy.dest.right} - copy.dest.left;
+      const int64_t h = int64_t{copy.dest.bottom} - copy.dest.top;
+      if (copy.srcX < 0 || copy.srcY < 0 || copy.srcX + w > primary->width ||
+          copy.srcY + h > primary->height)
+        return fmt::format(
+            "batchDone {}: copyBits source at ({}, {}) of {}x{} lies outside the "
+            "{}x{} primary",
+            done.seq, copy.srcX, copy.srcY, w, h, primary->width, primary->height);
+    }
+  }
+  return std::nullopt;
 }
 
 void buildDropGuestMemory(capnp::MessageBuilder& message) {

@@ -8,7 +8,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 
 #include "broker/peer-child.h"
 #include "broker/qxl/device.h"
@@ -27,6 +29,25 @@ struct GuestMemoryLayout {
 };
 
 void buildGuestMemory(capnp::MessageBuilder& message, const GuestMemoryLayout& layout);
+
+// A display segment the broker created for a primary (render.capnp DisplaySegment; the memfd is
+// attached by the caller).
+struct DisplaySegmentLayout {
+  uint64_t generation = 0;
+  uint64_t size = 0;  // bytes of the memfd
+  uint32_t stride = 0, width = 0, height = 0;
+};
+void buildDisplaySegment(capnp::MessageBuilder& message, const DisplaySegmentLayout& layout);
+
+// The primary's size when a batch ended (what its batchDone rectangles must lie in).
+struct PrimarySize {
+  uint32_t width = 0, height = 0;
+  bool operator==(const PrimarySize&) const = default;
+};
+// Checks a decoded batchDone's damage and hints against the primary that exists when the batch
+// ends (none: no output at all). The refusal names the offending rectangle.
+std::optional<std::string> checkOutput(const RendererBatchDone& done,
+                                       const std::optional<PrimarySize>& primary);
 void buildDropGuestMemory(capnp::MessageBuilder& message);
 // `items` holds at most qxl::MAX_ITEMS_PER_BATCH items (asserted: the device bounds its batches).
 void buildBatch(capnp::MessageBuilder& message, uint64_t seq, std::span<const qxl::WorkItem> items);

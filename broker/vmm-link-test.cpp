@@ -5,6 +5,8 @@
 #include "broker/vmm-link.h"
 #include "tests/support/test-loop.h"
 
+#include <capnp/serialize.h>
+
 #include <capnp/message.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -16,6 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <functional>
@@ -27,7 +30,10 @@
 
 #include "base/fd.h"
 #include "base/uv-handle.h"
+#include "broker/broker.h"
+#include "broker/peer-renderer.h"
 #include "ipc/channel.h"
+#include "ipc/render.capnp.h"
 #include "ipc/vmm.capnp.h"
 
 namespace {
@@ -621,4 +627,138 @@ TEST_CASE("device on link: ROM written, renderer given the memslot table", "[vmm
     t.answerBatches();
     CHECK(t.link.device()->batchesInFlight() == 0);
   });
+}
+
+// ---------------------------------------------------------------- the renderer's output (issue 4)
+
+namespace {
+
+using RenderOut = ipc::render::RendererToBroker;
+
+// A batchDone from a (compromised) renderer, decoded by the broker's renderer peer.
+broker::ChildPeer::Decoded decodeBatchDone(
+    const std::function<void(ipc::render::BatchDone::Builder)>& fill) {
+  capnp::MallocMessageBuilder message;
+  auto done = message.initRoot<RenderOut>().initBatchDone();
+  done.setSeq(7);
+  fill(done);
+  capnp::SegmentArrayMessageReader reader(message.getSegmentsForOutput());
+  ipc::ReceivedFds fds({});
+  return broker::makeRendererPeer()->decode(reader, fds);
+}
+
+void setRect(ipc::render::Rect::Builder r, int32_t left, int32_t top, int32_t right,
+             int32_t bottom) {
+  r.setLeft(left);
+  r.setTop(top);
+  r.setRight(right);
+  r.setBottom(bottom);
+}
+
+using Kind = broker::ChildPeer::Decoded::Kind;
+
+}  // namespace
+
+TEST_CASE("batch-done output: damage and hints decoded", "[peer-renderer]") {
+  auto d = decodeBatchDone([](auto done) {
+    setRect(done.initDamage(1)[0], 0, 0, 10, 5);
+    auto hints = done.initHints(2);
+    auto fill = hints[0].initSolidFill();
+    fill.setColor(0xff00);
+    setRect(fill.initRects(1)[0], 1, 1, 2, 2);
+    auto copy = hints[1].initCopyBits();
+    copy.setSrcX(3);
+    copy.setSrcY(4);
+    setRect(copy.initDest(), 5, 5, 7, 7);
+  });
+  REQUIRE(d.kind == Kind::Boundary);
+  const auto& done = std::get<broker::RendererBatchDone>(d.boundary);
+  CHECK(done.seq == 7);
+  CHECK(done.damage == std::vector<broker::RendererRect>{{0, 0, 5, 10}});
+  REQUIRE(done.hints.size() == 2);
+  CHECK(std::get<broker::RendererSolidFill>(done.hints[0]).color == 0xff00u);
+  CHECK(std::get<broker::RendererCopyBits>(done.hints[1]).srcY == 4);
+  CHECK_FALSE(broker::checkOutput(done, broker::PrimarySize{10, 10}));
+}
+
+TEST_CASE("batch-done-too-many-damage-rects: refused", "[peer-renderer][hostile]") {
+  auto d = decodeBatchDone([](auto done) {
+    auto damage = done.initDamage(ipc::render::MAX_DAMAGE_RECTS + 1);
+    for (unsigned i = 0; i < damage.size(); ++i)
+      setRect(damage[i], static_cast<int32_t>(i), 0, static_cast<int32_t>(i) + 1, 1);
+  });
+  CHECK(d.kind == Kind::Refused);
+  CHECK_THAT(d.refusal, Catch::Contains("65 damage rectangles"));
+}
+
+TEST_CASE("batch-done-too-many-hints-or-fill-rects: refused", "[peer-renderer][hostile]") {
+  auto hints = decodeBatchDone([](auto done) {
+    auto list = done.initHints(ipc::render::MAX_HINTS + 1);
+    for (unsigned i = 0; i < list.size(); ++i)
+      setRect(list[i].initCopyBits().initDest(), 0, 0, 1, 1);
+  });
+  CHECK(hints.kind == Kind::Refused);
+  auto rects = decodeBatchDone([](auto done) {
+    auto fill = done.initHints(1)[0].initSolidFill();
+    auto list = fill.initRects(ipc::render::MAX_HINT_RECTS + 1);
+    for (unsigned i = 0; i < list.size(); ++i)
+      setRect(list[i], 0, 0, 1, 1);
+  });
+  CHECK(rects.kind == Kind::Refused);
+  auto none = decodeBatchDone([](auto done) { done.initHints(1)[0].initSolidFill(); });
+  CHECK(none.kind == Kind::Refused);
+}
+
+TEST_CASE("batch-done-empty-inverted-or-negative-rect: refused", "[peer-renderer][hostile]") {
+  for (auto [l, t, r, b] : std::vector<std::array<int32_t, 4>>{{5, 5, 5, 9},
+                                                               {5, 5, 9, 5},
+                                                               {9, 0, 5, 4},
+                                                               {-1, 0, 4, 4},
+                                                               {0, INT32_MIN, 4, 4},
+                                                               {0, 0, INT32_MAX, 4}}) {
+    INFO(l << " " << t << " " << r << " " << b);
+    auto damage = decodeBatchDone([&](auto done) { setRect(done.initDamage(1)[0], l, t, r, b); });
+    CHECK(damage.kind == Kind::Refused);
+    auto copy = decodeBatchDone(
+        [&](auto done) { setRect(done.initHints(1)[0].initCopyBits().initDest(), l, t, r, b); });
+    CHECK(copy.kind == Kind::Refused);
+  }
+}
+
+TEST_CASE("batch-done-rect-outside-primary: refused by the owner's check",
+          "[peer-renderer][hostile]") {
+  broker::RendererBatchDone done;
+  done.damage = {{0, 0, 5, 11}};  // right 11 on a 10 wide primary
+  CHECK(broker::checkOutput(done, broker::PrimarySize{10, 10}));
+  CHECK(broker::checkOutput(done, std::nullopt));  // output without a primary at all
+  done.damage.clear();
+  done.hints = {broker::RendererCopyBits{8, 0, {0, 0, 2, 4}}};  // source runs to x = 12
+  CHECK(broker::checkOutput(done, broker::PrimarySize{10, 10}));
+  done.hints = {broker::RendererCopyBits{6, 0, {0, 0, 2, 4}}};
+  CHECK_FALSE(broker::checkOutput(done, broker::PrimarySize{10, 10}));
+  done.hints = {broker::RendererSolidFill{1, {{8, 0, 11, 1}}}};
+  CHECK(broker::checkOutput(done, broker::PrimarySize{10, 10}));
+  done.hints.clear();
+  CHECK_FALSE(broker::checkOutput(done, std::nullopt));
+}
+
+TEST_CASE("display segment: sealed memfd of the page-rounded size; oversized refused",
+          "[broker][segment]") {
+  auto made = broker::createDisplaySegment(100, 3, 9);
+  REQUIRE(std::holds_alternative<std::shared_ptr<broker::DisplaySegment>>(made));
+  const auto& segment = *std::get<std::shared_ptr<broker::DisplaySegment>>(made);
+  CHECK(segment.layout.stride == 400);
+  CHECK(segment.layout.size == 4096);
+  CHECK(segment.layout.generation == 9);
+  struct stat st {};
+  REQUIRE(::fstat(segment.fd.get(), &st) == 0);
+  CHECK(st.st_size == 4096);
+  const int seals = ::fcntl(segment.fd.get(), F_GET_SEALS);
+  CHECK((seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) ==
+        (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL));
+  CHECK(::ftruncate(segment.fd.get(), 0) != 0);  // cannot be shrunk under a viewer
+  auto huge = broker::createDisplaySegment(8193, 10, 1);
+  REQUIRE(std::holds_alternative<std::string>(huge));
+  CHECK_THAT(std::get<std::string>(huge), Catch::Contains("8192x8192"));
+  CHECK(std::holds_alternative<std::string>(broker::createDisplaySegment(0, 10, 1)));
 }

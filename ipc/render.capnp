@@ -5,14 +5,23 @@
 # renderer memory error.
 #
 # Order: hello, then (while a VMM is linked) guestMemory, then any number of batch; dropGuestMemory
-# when the VMM's link ends. On every renderer (re)start the broker sends guestMemory again and
-# resends the memslot table and every batch still in flight (the new renderer knows nothing).
+# when the VMM's link ends. A batch holding a createPrimary is preceded by the displaySegment the
+# primary is drawn into. On every renderer (re)start the broker sends guestMemory again, then the
+# current display segment (if any), then the memslot table and every batch still in flight (the
+# new renderer knows nothing); a resent batch is preceded by its displaySegment again.
 
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("spicebox::ipc::render");
 using Common = import "common.capnp";
 
-const protocolVersion :UInt32 = 2;
+const protocolVersion :UInt32 = 3;
+
+# Output bounds of one batchDone (the broker refuses more, and kills the renderer).
+const maxDamageRects :UInt32 = 64;   # damage rectangles; more are merged into their bounding box
+const maxHints :UInt32 = 64;         # hints; more degrade to damage
+const maxHintRects :UInt32 = 64;     # rectangles of one solidFill hint
+# Largest display segment width or height (the device refuses larger primaries).
+const maxDisplayDimension :UInt32 = 8192;
 
 # Items per batch at most (broker/qxl/device.h: MAX_ITEMS_PER_BATCH; the broker asserts they are
 # equal). A batch with more is a broker bug; the renderer rejects the excess.
@@ -84,6 +93,21 @@ struct UpdateArea {
   area @1 :Rect;
 }
 
+# The memory a primary surface is drawn into, one descriptor attached: a memfd the broker created
+# (sealed against shrinking, growing and further sealing) that it keeps and later hands read-only
+# to the netproxy. The renderer maps it MAP_SHARED read-write and refuses (exits) when the
+# descriptor is smaller than `size` or the dimensions are out of range. The next createPrimary
+# whose width and height equal the segment's is drawn into it (32 bpp x8r8g8b8; for a non-32 bpp
+# primary the 32 bpp shadow); a createPrimary of other dimensions is not created.
+struct DisplaySegment {
+  generation @0 :UInt64;     # broker's id of the segment, increasing per broker run
+  size @1 :UInt64;           # bytes of the descriptor: >= offset + stride * height, multiple of 4096
+  offset @2 :UInt64;         # bytes from the start to the top row; 0 today
+  stride @3 :UInt32;         # bytes per row: width * 4 (top row first)
+  width @4 :UInt32;          # pixels, 1 .. maxDisplayDimension
+  height @5 :UInt32;         # pixels, 1 .. maxDisplayDimension
+}
+
 # One unit of work, mirroring qxl::WorkItem (broker/qxl/device.h), in guest order.
 struct WorkItem {
   union {
@@ -104,11 +128,42 @@ struct Batch {
   items @1 :List(WorkItem);          # 0 .. maxItemsPerBatch
 }
 
+# What a batch did to the primary, beyond plain damage: operations a remote client can replay on
+# its own copy of the picture instead of receiving the pixels.
+struct Hint {
+  union {
+    solidFill @0 :SolidFill;
+    copyBits @1 :CopyBits;
+  }
+  # Every rectangle set to `color` (the segment's 32 bpp pixel value, as stored).
+  struct SolidFill {
+    color @0 :UInt32;
+    rects @1 :List(Rect);            # 1 .. maxHintRects, each non-empty, inside the primary
+  }
+  # `dest` takes the pixels of the same-sized rectangle at (srcX, srcY), read as they were before
+  # the copy (source and destination may overlap: copy as if from a snapshot of the source).
+  struct CopyBits {
+    srcX @0 :Int32;                  # the source rectangle lies inside the primary too
+    srcY @1 :Int32;
+    dest @2 :Rect;                   # non-empty, inside the primary
+  }
+}
+
 # Answer to a batch, in order: the renderer is done with every item of batch `seq`.
+#
+# Output invariant: a remote client that applies `hints` in order to its copy of the primary as
+# it was after the previous batch, and then paints every `damage` rectangle from the segment's
+# final pixels, has exactly the segment's picture. So a copyBits hint is only emitted when its
+# source does not intersect damage accumulated earlier in the batch (else its destination becomes
+# damage). Local shared-memory clients use the union of damage and hint rectangles. Rectangles are
+# in primary coordinates (of the primary that exists when the batch ends: a createPrimary in the
+# batch makes the whole primary damage and drops earlier hints; no primary at the end, no output).
 struct BatchDone {
   seq @0 :UInt64;                    # must be the oldest batch in flight, else the renderer is killed
   rejected @1 :UInt32;               # commands it could not read (address outside every slot,
                                      # unknown type); <= the batch's item count
+  damage @2 :List(Rect);             # 0 .. maxDamageRects, each non-empty, inside the primary
+  hints @3 :List(Hint);              # 0 .. maxHints, in draw order
 }
 
 # Broker -> renderer.
@@ -119,6 +174,7 @@ struct BrokerToRenderer {
     guestMemory @2 :GuestMemory;  # two descriptors (RAM, VRAM)
     dropGuestMemory @3 :Void;     # the VMM's link ended: unmap, forget slots; no descriptors
     batch @4 :Batch;              # no descriptors
+    displaySegment @5 :DisplaySegment;  # one descriptor (the segment's memfd)
   }
 }
 

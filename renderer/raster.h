@@ -45,6 +45,7 @@ enum class RasterError : uint8_t {
   UnsupportedCursor,         // cursor type we do not convert
   CursorTooLarge,            // width or height above MAX_CURSOR_DIMENSION
   BadArea,                   // updateArea: rectangle or guest memory does not fit
+  PrimaryByCommand,          // QXL_SURFACE_CMD on surface 0: the primary comes and goes by IO only
 };
 std::string_view describe(RasterError error);
 
@@ -76,6 +77,35 @@ struct SanitisedCursor {
 };
 std::variant<SanitisedCursor, RasterError> sanitiseCursor(const qxlcmd::CursorShape& shape);
 
+// What a draw did to the primary that a remote client can replay instead of receiving pixels.
+struct SolidFillHint {
+  uint32_t color = 0;               // the 32 bpp pixel value stored
+  std::vector<qxlcmd::Rect> rects;  // 1 .. MAX_HINT_RECTS, disjoint, inside the primary
+  bool operator==(const SolidFillHint&) const = default;
+};
+struct CopyBitsHint {
+  int32_t srcX = 0, srcY = 0;  // top-left of the source rectangle (inside the primary)
+  qxlcmd::Rect dest;           // non-empty, inside the primary
+  bool operator==(const CopyBitsHint&) const = default;
+};
+using OutputHint = std::variant<SolidFillHint, CopyBitsHint>;
+
+// At most this many damage rectangles (more: their bounding box), hints (more: damage) and
+// rectangles per solid fill hint (more: damage); render.capnp's maxDamageRects, maxHints and
+// maxHintRects (the broker refuses more).
+inline constexpr size_t MAX_DAMAGE_RECTS = 64;
+inline constexpr size_t MAX_HINTS = 64;
+inline constexpr size_t MAX_HINT_RECTS = 64;
+
+// The primary's output of a batch. Invariant: a client that applies `hints` in order to its copy
+// of the picture, then paints every `damage` rectangle from the final pixels, has the final
+// picture. So a copy-bits hint is only recorded when its source does not intersect damage
+// recorded before it (else its destination becomes damage); hint rectangles are not in `damage`.
+struct PrimaryOutput {
+  std::vector<qxlcmd::Rect> damage;  // disjoint, at most MAX_DAMAGE_RECTS
+  std::vector<OutputHint> hints;     // draw order, at most MAX_HINTS
+};
+
 class Rasteriser {
  public:
   Rasteriser();
@@ -91,6 +121,10 @@ class Rasteriser {
   RasterResult createPrimary(uint32_t width, uint32_t height, int32_t stride, uint32_t format,
                              std::span<std::byte> memory);
   RasterResult destroyPrimary() { return destroySurface(0); }
+  // The primary's initial pixels: `guestMemory` laid out like the guest's primary (native format,
+  // rows of `stride` bytes; negative: the top row is the last one in memory), copied once (the
+  // shadow is refreshed). BadArea when the memory cannot hold height * |stride| bytes.
+  RasterResult loadPrimary(std::span<const std::byte> guestMemory, int32_t stride);
 
   // QXL_SURFACE_CMD_CREATE / _DESTROY of an offscreen surface (memory owned here; KEEP_DATA
   // initialises it from the command's data, otherwise it starts zeroed as in spice-server).
@@ -98,7 +132,8 @@ class Rasteriser {
   RasterResult destroySurface(uint32_t id);
   void destroyAll();
 
-  // One QXL draw command on its surface. Damage on the primary accumulates until takeDamage().
+  // One QXL draw command on its surface. Output on the primary accumulates until takeOutput();
+  // destroying or creating the primary forgets it.
   RasterResult draw(const qxlcmd::Drawable& drawable);
 
   // Copies the rendered pixels of `area` (clipped to the surface) of surface `id` into
@@ -107,7 +142,10 @@ class Rasteriser {
   RasterResult updateArea(uint32_t id, const qxlcmd::Rect& area, std::span<std::byte> guestMemory,
                           int32_t stride);
 
-  // The primary's changed rectangles since the last call, coalesced (y-x banded, disjoint).
+  // What changed on the primary since the last call (see PrimaryOutput), then forgets it.
+  PrimaryOutput takeOutput();
+  // The primary's changed rectangles since the last call, damage and hint rectangles together
+  // (what a local shared-memory client needs), coalesced (y-x banded, disjoint).
   std::vector<qxlcmd::Rect> takeDamage();
 
   const Surface* surface(uint32_t id) const;

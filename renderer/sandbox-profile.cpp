@@ -1,5 +1,7 @@
 #include "renderer/sandbox-profile.h"
 
+#include <fcntl.h>
+
 #include <utility>
 
 #include "sandbox/runtime-rules.h"
@@ -25,6 +27,15 @@ sandbox::Profile sandboxProfile(std::vector<int> keepFds) {
   // broker, exit: see sandbox/runtime-rules.cpp. The renderer needs nothing beyond them:
   // pixman draws in memory it is given, Cap'n Proto reads and builds messages in memory.
   profile.allow = sandbox::runtimeRules();
+  // Checking a display segment before it is mapped (worker.cpp DisplaySegmentMapping::map): a
+  // segment smaller than announced, or one that can still shrink, would fault a draw (SIGBUS).
+  profile.allow.push_back({"newfstatat",
+                           "fstat(2) of a received display segment: its size (glibc's fstat is "
+                           "fstatat(fd, \"\", AT_EMPTY_PATH)); the sandbox has no file system",
+                           {sandbox::argEquals(3, AT_EMPTY_PATH)}});
+  profile.allow.push_back({"fcntl",
+                           "F_GET_SEALS of a received display segment: sealed against shrinking",
+                           {sandbox::argEquals(1, F_GET_SEALS)}});
   return profile;
 }
 

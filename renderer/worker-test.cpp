@@ -13,6 +13,8 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <functional>
+#include <optional>
+#include <string>
 #include <vector>
 
 namespace spicebox::renderer {
@@ -346,6 +348,409 @@ TEST_CASE("guest mapping: shared with the VMM, sizes checked", "[worker]") {
   CHECK_THAT(std::get<std::string>(refused), Catch::Contains("VRAM size"));
   auto noFds = GuestMapping::map(base::Fd(), base::Fd(), layout.asReader());
   CHECK(std::holds_alternative<std::string>(noFds));
+}
+
+// ---------------------------------------------------------------- output (issue 4)
+
+// A display segment as the broker makes it: a sealed memfd of `size` bytes (announced:
+// `announced`).
+struct SegmentSpec {
+  uint32_t width = 8, height = 4;
+  uint64_t size = 4096, announced = 4096;
+  bool sealed = true;
+  bool withFd = true;
+};
+
+std::optional<std::string> giveSegment(Worker& worker, const SegmentSpec& spec) {
+  base::Fd fd;
+  if (spec.withFd) {
+    fd = base::Fd(::memfd_create("worker-test-segment", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    REQUIRE(fd);
+    REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(spec.size)) == 0);
+    if (spec.sealed)
+      REQUIRE(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
+  }
+  capnp::MallocMessageBuilder message;
+  auto s = message.initRoot<ipc::render::DisplaySegment>();
+  s.setGeneration(1);
+  s.setSize(spec.announced);
+  s.setStride(spec.width * 4);
+  s.setWidth(spec.width);
+  s.setHeight(spec.height);
+  return worker.receiveSegment(std::move(fd), s.asReader());
+}
+
+using ItemsFn = std::function<void(capnp::List<ipc::render::WorkItem>::Builder)>;
+
+uint32_t runItems(Worker& worker, unsigned count, const ItemsFn& fill) {
+  capnp::MallocMessageBuilder message;
+  auto batch = message.initRoot<Batch>();
+  batch.setSeq(1);
+  fill(batch.initItems(count));
+  return worker.runBatch(batch.asReader());
+}
+
+void setSlots(ipc::render::WorkItem::Builder item, const std::vector<SlotSpec>& slots) {
+  auto list = item.initMemslots(static_cast<unsigned>(slots.size()));
+  for (unsigned i = 0; i < list.size(); ++i) {
+    list[i].setId(slots[i].id);
+    list[i].setGeneration(slots[i].generation);
+    list[i].setBar(slots[i].bar);
+    list[i].setMemStart(slots[i].start);
+    list[i].setMemEnd(slots[i].end);
+  }
+}
+
+void setCommand(ipc::render::WorkItem::Builder item, uint64_t addr, uint32_t type) {
+  auto c = item.initCommand();
+  c.setRing(Ring::DISPLAY);
+  c.setAddr(addr);
+  c.setType(type);
+}
+
+void setUpdate(ipc::render::WorkItem::Builder item, uint32_t id, int32_t left, int32_t top,
+               int32_t right, int32_t bottom) {
+  auto u = item.initUpdateArea();
+  u.setSurfaceId(id);
+  auto a = u.initArea();
+  a.setLeft(left);
+  a.setTop(top);
+  a.setRight(right);
+  a.setBottom(bottom);
+}
+
+// The primary of these tests: 8x4, 32 bpp, its guest pixels at PRIMARY_PHYS.
+constexpr uint32_t PW = 8, PH = 4;
+constexpr uint64_t PRIMARY_OFFSET = 32768;
+constexpr uint64_t PRIMARY_PHYS = RAM_PHYS + PRIMARY_OFFSET;
+
+uint32_t guestPixel(uint32_t x, uint32_t y) {
+  return 0x00100000u * (y + 1) + 0x100u * (x + 1) + 0x11;
+}
+
+// The guest's primary as a driver leaves it: row y at PRIMARY_OFFSET + y * stride, or for a
+// negative stride (bottom-up) at PRIMARY_OFFSET + (height - 1 - y) * |stride|.
+void writeGuestPrimary(FakeGuest& guest, int32_t stride) {
+  for (uint32_t y = 0; y < PH; ++y) {
+    const uint32_t row = stride < 0 ? PH - 1 - y : y;
+    for (uint32_t x = 0; x < PW; ++x) {
+      const uint32_t v = guestPixel(x, y);
+      std::memcpy(guest.ram.data() + PRIMARY_OFFSET + row * PW * 4 + x * 4, &v, 4);
+    }
+  }
+}
+
+uint32_t guestPrimaryAt(const FakeGuest& guest, int32_t stride, uint32_t x, uint32_t y) {
+  const uint32_t row = stride < 0 ? PH - 1 - y : y;
+  uint32_t v = 0;
+  std::memcpy(&v, guest.ram.data() + PRIMARY_OFFSET + row * PW * 4 + x * 4, 4);
+  return v;
+}
+
+uint32_t shownAt(const Worker& worker, uint32_t x, uint32_t y) {
+  pixman_image_t* img = worker.displayImage();
+  REQUIRE(img != nullptr);
+  const auto* bits = reinterpret_cast<const uint8_t*>(pixman_image_get_data(img));
+  uint32_t v = 0;
+  std::memcpy(&v, bits + y * static_cast<size_t>(pixman_image_get_stride(img)) + x * 4, 4);
+  return v;
+}
+
+void setPrimary(ipc::render::WorkItem::Builder item, int32_t stride, uint32_t w = PW,
+                uint32_t h = PH) {
+  auto p = item.initCreatePrimary();
+  p.setWidth(w);
+  p.setHeight(h);
+  p.setStride(stride);
+  p.setFormat(SPICE_SURFACE_FMT_32_xRGB);
+  p.setMem(encode(SLOT, GENERATION, PRIMARY_PHYS));
+}
+
+// A QXL_DRAW_FILL (solid, `rop`) or QXL_DRAW_COPY_BITS drawable written into guest RAM at `at`.
+uint64_t writeFill(FakeGuest& guest, uint64_t at, uint32_t surface, QXLRect bbox, uint32_t color,
+                   uint16_t rop = SPICE_ROPD_OP_PUT) {
+  QXLDrawable d{};
+  d.surface_id = surface;
+  d.type = QXL_DRAW_FILL;
+  d.bbox = bbox;
+  d.clip.type = SPICE_CLIP_TYPE_NONE;
+  d.u.fill.brush.type = SPICE_BRUSH_TYPE_SOLID;
+  d.u.fill.brush.u.color = color;
+  d.u.fill.rop_descriptor = rop;
+  std::memcpy(guest.ram.data() + at, &d, sizeof d);
+  return encode(SLOT, GENERATION, RAM_PHYS + at);
+}
+
+uint64_t writeCopyBits(FakeGuest& guest, uint64_t at, QXLRect bbox, int32_t srcX, int32_t srcY) {
+  QXLDrawable d{};
+  d.surface_id = 0;
+  d.type = QXL_COPY_BITS;
+  d.bbox = bbox;
+  d.clip.type = SPICE_CLIP_TYPE_NONE;
+  d.u.copy_bits.src_pos.x = srcX;
+  d.u.copy_bits.src_pos.y = srcY;
+  std::memcpy(guest.ram.data() + at, &d, sizeof d);
+  return encode(SLOT, GENERATION, RAM_PHYS + at);
+}
+
+QXLRect qrect(int32_t left, int32_t top, int32_t right, int32_t bottom) {
+  QXLRect r{};
+  r.left = left;
+  r.top = top;
+  r.right = right;
+  r.bottom = bottom;
+  return r;
+}
+
+TEST_CASE("display segment: the primary is drawn into it, starting from the guest's pixels",
+          "[worker][output]") {
+  for (int32_t stride : {int32_t{PW * 4}, -int32_t{PW * 4}}) {
+    INFO("stride " << stride);
+    FakeGuest guest;
+    writeGuestPrimary(guest, stride);
+    Worker worker;
+    worker.attach(guest.view());
+    REQUIRE_FALSE(giveSegment(worker, {}));
+    CHECK(runItems(worker, 2, [stride](auto items) {
+            setSlots(items[0], RAM_SLOT);
+            setPrimary(items[1], stride);
+          }) == 0);
+    REQUIRE(worker.displayImage() != nullptr);
+    for (uint32_t y = 0; y < PH; ++y)
+      for (uint32_t x = 0; x < PW; ++x)
+        CHECK(shownAt(worker, x, y) == guestPixel(x, y));
+    // A new primary: all of it is damage, nothing else.
+    CHECK(worker.lastOutput().damage == std::vector<qxlcmd::Rect>{{0, 0, PH, PW}});
+    CHECK(worker.lastOutput().hints.empty());
+  }
+}
+
+TEST_CASE("display segment: the pixels land in the segment's memory, shared", "[worker][output]") {
+  FakeGuest guest;
+  writeGuestPrimary(guest, PW * 4);
+  Worker worker;
+  worker.attach(guest.view());
+  base::Fd fd(::memfd_create("worker-test-segment", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  REQUIRE(fd);
+  REQUIRE(::ftruncate(fd.get(), 4096) == 0);
+  REQUIRE(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
+  base::Fd viewer(::dup(fd.get()));
+  capnp::MallocMessageBuilder message;
+  auto s = message.initRoot<ipc::render::DisplaySegment>();
+  s.setSize(4096);
+  s.setStride(PW * 4);
+  s.setWidth(PW);
+  s.setHeight(PH);
+  REQUIRE_FALSE(worker.receiveSegment(std::move(fd), s.asReader()));
+  runItems(worker, 2, [](auto items) {
+    setSlots(items[0], RAM_SLOT);
+    setPrimary(items[1], PW * 4);
+  });
+  uint32_t v = 0;
+  REQUIRE(::pread(viewer.get(), &v, 4, (2 * PW + 3) * 4) == 4);
+  CHECK(v == guestPixel(3, 2));
+}
+
+TEST_CASE("primary-without-translatable-mem: starts black, counted", "[worker][output][hostile]") {
+  FakeGuest guest;
+  writeGuestPrimary(guest, PW * 4);
+  Worker worker;
+  worker.attach(guest.view());
+  REQUIRE_FALSE(giveSegment(worker, {}));
+  runItems(worker, 2, [](auto items) {
+    setSlots(items[0], RAM_SLOT);
+    auto p = items[1].initCreatePrimary();
+    p.setWidth(PW);
+    p.setHeight(PH);
+    p.setStride(PW * 4);
+    p.setFormat(SPICE_SURFACE_FMT_32_xRGB);
+    p.setMem(encode(SLOT, GENERATION, RAM_PHYS + RAM_SIZE - 16));  // runs past the slot
+  });
+  REQUIRE(worker.displayImage() != nullptr);
+  CHECK(shownAt(worker, 0, 0) == 0u);
+  CHECK(worker.stats().initialPixelsMissing == 1);
+}
+
+TEST_CASE("primary-of-another-size-than-its-segment: not created", "[worker][output][hostile]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  REQUIRE_FALSE(giveSegment(worker, {}));
+  runItems(worker, 2, [](auto items) {
+    setSlots(items[0], RAM_SLOT);
+    setPrimary(items[1], 64, 16, 4);
+  });
+  CHECK(worker.displayImage() == nullptr);
+  CHECK(worker.stats().drawErrors == 1);
+  CHECK(worker.lastOutput().damage.empty());
+  // Without any segment: the same.
+  Worker bare;
+  bare.attach(guest.view());
+  runItems(bare, 2, [](auto items) {
+    setSlots(items[0], RAM_SLOT);
+    setPrimary(items[1], PW * 4);
+  });
+  CHECK(bare.displayImage() == nullptr);
+}
+
+TEST_CASE("segment refusals: short, unsealed, missing, oversized", "[worker][output][hostile]") {
+  Worker worker;
+  SegmentSpec shortSegment;
+  shortSegment.size = 0;  // the memfd is empty, 4096 bytes are announced
+  auto refusal = giveSegment(worker, shortSegment);
+  REQUIRE(refusal);
+  CHECK_THAT(*refusal, Catch::Contains("holds 0 bytes, 4096 were announced"));
+  SegmentSpec unsealed;
+  unsealed.sealed = false;
+  refusal = giveSegment(worker, unsealed);
+  REQUIRE(refusal);
+  CHECK_THAT(*refusal, Catch::Contains("not sealed against shrinking"));
+  SegmentSpec missing;
+  missing.withFd = false;
+  CHECK(giveSegment(worker, missing));
+  SegmentSpec huge;
+  huge.width = ipc::render::MAX_DISPLAY_DIMENSION + 1;
+  refusal = giveSegment(worker, huge);
+  REQUIRE(refusal);
+  CHECK_THAT(*refusal, Catch::Contains("width and height must be"));
+  SegmentSpec tooSmallForPixels;
+  tooSmallForPixels.width = 64;
+  tooSmallForPixels.height = 64;  // 16 KiB of pixels in 4 KiB
+  refusal = giveSegment(worker, tooSmallForPixels);
+  REQUIRE(refusal);
+  CHECK_THAT(*refusal, Catch::Contains("layout out of range"));
+  CHECK(worker.stats().segments == 0);
+}
+
+TEST_CASE("update-area: rendered pixels written back into the guest's primary, both strides",
+          "[worker][output]") {
+  for (int32_t stride : {int32_t{PW * 4}, -int32_t{PW * 4}}) {
+    INFO("stride " << stride);
+    FakeGuest guest;
+    writeGuestPrimary(guest, stride);
+    Worker worker;
+    worker.attach(guest.view());
+    REQUIRE_FALSE(giveSegment(worker, {}));
+    const uint64_t fill = writeFill(guest, 4096, 0, qrect(1, 0, 5, 3), 0xabcdef);
+    CHECK(runItems(worker, 4, [stride, fill](auto items) {
+            setSlots(items[0], RAM_SLOT);
+            setPrimary(items[1], stride);
+            setCommand(items[2], fill, QXL_CMD_DRAW);
+            setUpdate(items[3], 0, 2, 1, 7, 4);  // overlaps the fill partly
+          }) == 0);
+    CHECK(worker.stats().updateAreaWrites == 1);
+    for (uint32_t y = 0; y < PH; ++y) {
+      for (uint32_t x = 0; x < PW; ++x) {
+        const bool filled = x >= 1 && x < 5 && y < 3;
+        INFO("x=" << x << " y=" << y);
+        CHECK(shownAt(worker, x, y) == (filled ? 0xabcdefu : guestPixel(x, y)));
+        // Only the update area was written back: the fill outside it is not in guest memory.
+        const bool written = x >= 2 && x < 7 && y >= 1 && y < 4;
+        CHECK(guestPrimaryAt(guest, stride, x, y) ==
+              (written && filled ? 0xabcdefu : guestPixel(x, y)));
+      }
+    }
+  }
+}
+
+TEST_CASE("update-area: an offscreen surface is written into its create's memory",
+          "[worker][output]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  QXLSurfaceCmd surface{};
+  surface.surface_id = 3;
+  surface.type = QXL_SURFACE_CMD_CREATE;
+  surface.u.surface_create.format = SPICE_SURFACE_FMT_32_xRGB;
+  surface.u.surface_create.width = 4;
+  surface.u.surface_create.height = 4;
+  surface.u.surface_create.stride = 16;
+  surface.u.surface_create.data = encode(SLOT, GENERATION, RAM_PHYS + 16384);
+  std::memcpy(guest.ram.data() + 8192, &surface, sizeof surface);
+  const uint64_t create = encode(SLOT, GENERATION, RAM_PHYS + 8192);
+  const uint64_t fill = writeFill(guest, 4096, 3, qrect(0, 0, 2, 2), 0x123456);
+  CHECK(runItems(worker, 4, [create, fill](auto items) {
+          setSlots(items[0], RAM_SLOT);
+          setCommand(items[1], create, QXL_CMD_SURFACE);
+          setCommand(items[2], fill, QXL_CMD_DRAW);
+          setUpdate(items[3], 3, 0, 0, 4, 4);
+        }) == 0);
+  CHECK(worker.stats().updateAreaWrites == 1);
+  auto at = [&guest](uint32_t x, uint32_t y) {
+    uint32_t v = 0;
+    std::memcpy(&v, guest.ram.data() + 16384 + y * 16 + x * 4, 4);
+    return v;
+  };
+  CHECK(at(0, 0) == 0x123456u);
+  CHECK(at(1, 1) == 0x123456u);
+  CHECK(at(2, 2) == 0u);
+  // Offscreen draws are no output of the primary.
+  CHECK(worker.lastOutput().damage.empty());
+  CHECK(worker.lastOutput().hints.empty());
+}
+
+TEST_CASE("update-area hostile: unknown surface, empty, inverted, outside, memory gone",
+          "[worker][output][hostile]") {
+  FakeGuest guest;
+  writeGuestPrimary(guest, PW * 4);
+  Worker worker;
+  worker.attach(guest.view());
+  REQUIRE_FALSE(giveSegment(worker, {}));
+  const uint64_t fill = writeFill(guest, 4096, 0, qrect(0, 0, PW, PH), 0x777777);
+  runItems(worker, 9, [fill](auto items) {
+    setSlots(items[0], RAM_SLOT);
+    setPrimary(items[1], PW * 4);
+    setCommand(items[2], fill, QXL_CMD_DRAW);
+    setUpdate(items[3], 7, 0, 0, 4, 4);                    // no such surface
+    setUpdate(items[4], 5000, 0, 0, 4, 4);                 // id beyond every surface
+    setUpdate(items[5], 0, 2, 2, 2, 3);                    // empty
+    setUpdate(items[6], 0, 4, 4, 1, 1);                    // inverted
+    setUpdate(items[7], 0, INT32_MIN, 10, INT32_MAX, 20);  // below the surface
+    setSlots(items[8], {});                                // the slot goes away
+  });
+  runItems(worker, 1, [](auto items) { setUpdate(items[0], 0, 0, 0, PW, PH); });
+  CHECK(worker.stats().updateAreaRefused == 6);
+  CHECK(worker.stats().updateAreaWrites == 0);
+  for (uint32_t y = 0; y < PH; ++y)
+    for (uint32_t x = 0; x < PW; ++x)
+      CHECK(guestPrimaryAt(guest, PW * 4, x, y) == guestPixel(x, y));
+}
+
+TEST_CASE("batch output: solid fill and copy bits hints, copy bits from damage degrades",
+          "[worker][output]") {
+  FakeGuest guest;
+  writeGuestPrimary(guest, PW * 4);
+  Worker worker;
+  worker.attach(guest.view());
+  REQUIRE_FALSE(giveSegment(worker, {}));
+  runItems(worker, 2, [](auto items) {
+    setSlots(items[0], RAM_SLOT);
+    setPrimary(items[1], PW * 4);
+  });
+  const uint64_t put = writeFill(guest, 4096, 0, qrect(0, 0, 2, 2), 0x00ff00);
+  const uint64_t copyClean = writeCopyBits(guest, 8192, qrect(4, 0, 6, 2), 0, 0);
+  const uint64_t xorFill =
+      writeFill(guest, 12288, 0, qrect(0, 2, 2, 4), 0xffffff, SPICE_ROPD_OP_XOR);
+  const uint64_t copyDamaged = writeCopyBits(guest, 16384, qrect(6, 2, 8, 4), 0, 2);
+  CHECK(runItems(worker, 4, [&](auto items) {
+          setCommand(items[0], put, QXL_CMD_DRAW);
+          setCommand(items[1], copyClean, QXL_CMD_DRAW);
+          setCommand(items[2], xorFill, QXL_CMD_DRAW);
+          setCommand(items[3], copyDamaged, QXL_CMD_DRAW);
+        }) == 0);
+  CHECK(worker.stats().drawErrors == 0);
+  const PrimaryOutput& out = worker.lastOutput();
+  REQUIRE(out.hints.size() == 2);
+  REQUIRE(std::holds_alternative<SolidFillHint>(out.hints[0]));
+  const auto& fillHint = std::get<SolidFillHint>(out.hints[0]);
+  CHECK(fillHint.color == 0x00ff00u);
+  CHECK(fillHint.rects == std::vector<qxlcmd::Rect>{{0, 0, 2, 2}});
+  REQUIRE(std::holds_alternative<CopyBitsHint>(out.hints[1]));
+  CHECK(std::get<CopyBitsHint>(out.hints[1]) == CopyBitsHint{0, 0, qxlcmd::Rect{0, 4, 2, 6}});
+  // The XOR fill is damage; the copy whose source it damaged is damage on its destination.
+  CHECK(out.damage == std::vector<qxlcmd::Rect>{{2, 0, 4, 2}, {2, 6, 4, 8}});
+  CHECK(shownAt(worker, 4, 1) == 0x00ff00u);
+  CHECK(shownAt(worker, 6, 3) == (guestPixel(0, 3) ^ 0xffffffu));
 }
 
 }  // namespace

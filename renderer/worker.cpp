@@ -2,8 +2,10 @@
 // SlotMemory, by the decoder (qxl-decode.cpp).
 #include "renderer/worker.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
@@ -21,6 +23,9 @@ using ipc::render::WorkItem;
 // The largest BAR the broker accepts (broker/vmm-link.h, MAX_RAM_BYTES / MAX_VRAM_BYTES).
 constexpr uint64_t MAX_BAR_BYTES = 1024ull * 1024 * 1024;
 constexpr uint64_t PAGE = 4096;
+// The largest display segment: a maxDisplayDimension square at 4 bytes a pixel (256 MiB).
+constexpr uint64_t MAX_SEGMENT_BYTES =
+    uint64_t{ipc::render::MAX_DISPLAY_DIMENSION} * ipc::render::MAX_DISPLAY_DIMENSION * 4;
 
 void* mapShared(int fd, uint64_t size) {
   return ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -100,6 +105,64 @@ void GuestMapping::unmap() {
   view_ = GuestView{};
 }
 
+std::variant<std::unique_ptr<DisplaySegmentMapping>, std::string> DisplaySegmentMapping::map(
+    base::Fd fd, ipc::render::DisplaySegment::Reader segment) {
+  const uint32_t w = segment.getWidth(), h = segment.getHeight(), stride = segment.getStride();
+  const uint64_t size = segment.getSize(), offset = segment.getOffset();
+  if (!fd)
+    return std::string("displaySegment without its descriptor");
+  if (w == 0 || h == 0 || w > ipc::render::MAX_DISPLAY_DIMENSION ||
+      h > ipc::render::MAX_DISPLAY_DIMENSION)
+    return fmt::format("displaySegment of {}x{} pixels: width and height must be 1 .. {}", w, h,
+                       ipc::render::MAX_DISPLAY_DIMENSION);
+  // 64-bit arithmetic: every factor is below 2^32, and offset is bounded before it is added.
+  if (stride < uint64_t{w} * 4 || stride % 4 != 0 || size == 0 || size % PAGE != 0 ||
+      size > MAX_SEGMENT_BYTES + PAGE || offset % 4 != 0 || offset > size ||
+      uint64_t{stride} * h > size - offset)
+    return fmt::format(
+        "displaySegment layout out of range: {} bytes, offset {}, stride {} for {}x{} pixels", size,
+        offset, stride, w, h);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0)
+    return fmt::format("cannot fstat the displaySegment descriptor: {}", std::strerror(errno));
+  if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) < size)
+    return fmt::format("displaySegment descriptor holds {} bytes, {} were announced", st.st_size,
+                       size);
+  // Unsealed, it could shrink under the mapping and fault us (SIGBUS) on the next draw.
+  const int seals = ::fcntl(fd.get(), F_GET_SEALS);
+  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0)
+    return std::string("displaySegment descriptor is not sealed against shrinking (F_SEAL_SHRINK)");
+  void* base = mapShared(fd.get(), size);
+  if (base == MAP_FAILED)
+    return fmt::format("cannot map the displaySegment ({} bytes): {}", size, std::strerror(errno));
+  std::unique_ptr<DisplaySegmentMapping> m(new DisplaySegmentMapping());
+  m->base_ = base;
+  m->size_ = size;
+  m->generation_ = segment.getGeneration();
+  m->width_ = w;
+  m->height_ = h;
+  m->stride_ = stride;
+  m->pixels_ = {static_cast<std::byte*>(base) + offset, uint64_t{stride} * h};
+  return m;  // the descriptor closes here: the mapping keeps the memory
+}
+
+DisplaySegmentMapping::~DisplaySegmentMapping() {
+  if (base_ != nullptr)
+    ::munmap(base_, size_);
+}
+
+std::optional<std::string> Worker::receiveSegment(base::Fd fd,
+                                                  ipc::render::DisplaySegment::Reader segment) {
+  auto mapped = DisplaySegmentMapping::map(std::move(fd), segment);
+  if (auto* error = std::get_if<std::string>(&mapped))
+    return *error;
+  segment_ = std::move(std::get<std::unique_ptr<DisplaySegmentMapping>>(mapped));
+  ++stats_.segments;
+  spdlog::debug("display segment {} received: {}x{}", segment_->generation(), segment_->width(),
+                segment_->height());
+  return std::nullopt;
+}
+
 void Worker::attach(const GuestView& view) {
   detach();
   view_ = view;
@@ -109,7 +172,15 @@ void Worker::detach() {
   view_.reset();
   slots_.reset();
   primary_.reset();
+  forgetSurfaces();
+  // The VMM is gone: so is its display (the broker dropped the segment too).
+  segment_.reset();
+}
+
+void Worker::forgetSurfaces() {
   raster_.destroyAll();
+  primarySegment_.reset();  // after the rasteriser let go of it
+  guestSurfaces_.clear();
 }
 
 void Worker::rasterFailed(const char* what, RasterError error) {
@@ -120,25 +191,117 @@ void Worker::rasterFailed(const char* what, RasterError error) {
 
 void Worker::createPrimary(const PrimaryState& p) {
   raster_.destroyPrimary();  // a primary replacing one the guest did not destroy
-  primaryPixels_.clear();
+  primarySegment_.reset();
+  primaryCreatedInBatch_ = true;
   if (p.width == 0 || p.height == 0 || p.width > MAX_SURFACE_DIMENSION ||
       p.height > MAX_SURFACE_DIMENSION) {
     rasterFailed("primary surface", RasterError::BadSurfaceSize);
     return;
   }
-  primaryPixels_.assign(static_cast<size_t>(p.width) * p.height, 0);
+  // The broker sends the segment for a primary before the batch that creates it, sized for it.
+  if (!segment_ || segment_->width() != p.width || segment_->height() != p.height) {
+    spdlog::error("primary {}x{} has no display segment of its size (have {}); not created",
+                  p.width, p.height,
+                  segment_ ? fmt::format("{}x{}", segment_->width(), segment_->height())
+                           : std::string("none"));
+    rasterFailed("primary surface", RasterError::SurfaceMemoryTooSmall);
+    return;
+  }
+  std::memset(segment_->pixels().data(), 0, segment_->pixels().size());
   if (auto error =
-          raster_.createPrimary(p.width, p.height, static_cast<int32_t>(p.width * 4), p.format,
-                                std::as_writable_bytes(std::span(primaryPixels_))))
+          raster_.createPrimary(p.width, p.height, static_cast<int32_t>(segment_->stride()),
+                                p.format, segment_->pixels())) {
     rasterFailed("primary surface", *error);
+    return;
+  }
+  primarySegment_ = segment_;
+  loadInitialPixels(p);
 }
 
-void Worker::render(const qxlcmd::Command& command) {
+std::span<std::byte> Worker::locate(uint64_t addr, uint64_t size) const {
+  if (!view_ || !slots_)
+    return {};
+  SlotMemory memory(*slots_, *view_);
+  auto located = memory.locate(addr, size);
+  if (auto* span = std::get_if<std::span<std::byte>>(&located))
+    return *span;
+  return {};
+}
+
+void Worker::loadInitialPixels(const PrimaryState& p) {
+  const uint64_t absStride = p.stride < 0 ? -static_cast<int64_t>(p.stride) : p.stride;
+  const uint64_t size = absStride * p.height;
+  auto memory = locate(p.mem, size);
+  RasterResult result = RasterError::BadArea;
+  if (!memory.empty())
+    result = raster_.loadPrimary(memory, p.stride);
+  if (result) {
+    const uint64_t n = ++stats_.initialPixelsMissing;
+    if (powerOfTwo(n))
+      spdlog::warn(
+          "primary {}x{}: its pixels ({} bytes at {:#x}) are not in guest memory, it starts "
+          "black ({}; {} so far)",
+          p.width, p.height, size, p.mem, describe(*result), n);
+  }
+}
+
+void Worker::updateAreaRefused(uint32_t surfaceId, const std::string& why) {
+  const uint64_t n = ++stats_.updateAreaRefused;
+  if (powerOfTwo(n))
+    spdlog::warn("UPDATE_AREA of surface {} not written back: {} ({} so far)", surfaceId, why, n);
+}
+
+void Worker::updateArea(ipc::render::UpdateArea::Reader update) {
+  const uint32_t id = update.getSurfaceId();
+  auto a = update.getArea();
+  const qxlcmd::Rect area{a.getTop(), a.getLeft(), a.getBottom(), a.getRight()};
+  const Surface* surface = raster_.surface(id);
+  if (surface == nullptr)
+    return updateAreaRefused(id, "no such surface");
+  if (area.left >= area.right || area.top >= area.bottom)
+    return updateAreaRefused(id, fmt::format("empty or inverted area ({}, {}) - ({}, {})",
+                                             area.left, area.top, area.right, area.bottom));
+  if (area.right <= 0 || area.bottom <= 0 || int64_t{area.left} >= surface->width ||
+      int64_t{area.top} >= surface->height)
+    return updateAreaRefused(
+        id, fmt::format("area ({}, {}) - ({}, {}) outside the {}x{} surface", area.left, area.top,
+                        area.right, area.bottom, surface->width, surface->height));
+  uint64_t addr = 0, size = 0;
+  int32_t stride = 0;
+  if (id == 0) {
+    if (!primary_)
+      return updateAreaRefused(id, "no primary");
+    stride = primary_->stride;
+    addr = primary_->mem;
+    size = (stride < 0 ? -static_cast<int64_t>(stride) : stride) * uint64_t{primary_->height};
+  } else {
+    auto it = guestSurfaces_.find(id);
+    if (it == guestSurfaces_.end())
+      return updateAreaRefused(id, "its guest memory is unknown");
+    addr = it->second.guestAddr;
+    size = it->second.size;
+    stride = it->second.stride;
+  }
+  // Translated now, not at create: the guest may have moved or deleted the slot since.
+  auto memory = locate(addr, size);
+  if (memory.empty())
+    return updateAreaRefused(
+        id, fmt::format("its memory ({} bytes at {:#x}) is in no memslot", size, addr));
+  if (auto error = raster_.updateArea(id, area, memory, stride))
+    return updateAreaRefused(id, std::string(describe(*error)));
+  ++stats_.updateAreaWrites;
+}
+
+void Worker::render(const qxlcmd::Command& command, const SurfaceMemory& memory) {
   RasterResult result;
   if (const auto* draw = std::get_if<qxlcmd::Drawable>(&command.body)) {
     result = raster_.draw(*draw);
   } else if (const auto* surface = std::get_if<qxlcmd::SurfaceCmd>(&command.body)) {
     result = raster_.apply(*surface);
+    if (!result && surface->type == QXL_SURFACE_CMD_DESTROY)
+      guestSurfaces_.erase(surface->surfaceId);
+    else if (!result && memory.size > 0)
+      guestSurfaces_[surface->surfaceId] = {memory.guestAddr, memory.size, surface->stride};
   } else if (const auto* cursor = std::get_if<qxlcmd::CursorCmd>(&command.body)) {
     if (cursor->shape) {
       // TODO(issue-5): the sanitised shape goes to the cursor channel.
@@ -158,6 +321,7 @@ void Worker::render(const qxlcmd::Command& command) {
 uint32_t Worker::runBatch(Batch::Reader batch) {
   ++stats_.batches;
   uint32_t rejected = 0;
+  primaryCreatedInBatch_ = false;
   auto items = batch.getItems();
   unsigned count = items.size();
   if (count > ipc::render::MAX_ITEMS_PER_BATCH) {
@@ -179,27 +343,36 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
         break;
       case WorkItem::CREATE_PRIMARY: {
         auto p = item.getCreatePrimary();
-        // TODO(issue-4): the guest's initial pixels at `mem` (translated and copied once) and
-        // UPDATE_AREA writing rendered pixels back there; the primary starts black.
-        primary_ = PrimaryState{p.getWidth(), p.getHeight(), p.getStride(), p.getFormat()};
+        primary_ =
+            PrimaryState{p.getWidth(), p.getHeight(), p.getStride(), p.getFormat(), p.getMem()};
         createPrimary(*primary_);
         break;
       }
       case WorkItem::DESTROY_PRIMARY:
         primary_.reset();
         raster_.destroyPrimary();
+        primarySegment_.reset();
         break;
-      case WorkItem::DESTROY_SURFACE:
-        if (auto error = raster_.destroySurface(item.getDestroySurface()))
+      case WorkItem::DESTROY_SURFACE: {
+        const uint32_t id = item.getDestroySurface();
+        if (auto error = raster_.destroySurface(id))
           rasterFailed("surface destroy", *error);
+        guestSurfaces_.erase(id);
+        if (id == 0) {
+          primary_.reset();
+          primarySegment_.reset();
+        }
         break;
+      }
       case WorkItem::DESTROY_ALL_SURFACES:
         primary_.reset();
-        raster_.destroyAll();
+        forgetSurfaces();
         break;
       case WorkItem::UPDATE_AREA:
-        // TODO(issue-4): render what is pending for the area into the guest's surface memory.
+        // Inside the batch: the device completes the UPDATE_AREA when the batch is done, and the
+        // guest reads its memory after that.
         ++stats_.updateAreas;
+        updateArea(item.getUpdateArea());
         break;
       case WorkItem::MONITORS_CONFIG:
         // TODO(issue-4): copy QXLMonitorsConfig (translate, copy once, bound count by max_allowed).
@@ -209,7 +382,7 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
         break;
       case WorkItem::RESET:
         primary_.reset();
-        raster_.destroyAll();
+        forgetSurfaces();
         if (slots_)
           slots_->reset();
         break;
@@ -221,7 +394,18 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
         break;
     }
   }
-  stats_.damageRects += raster_.takeDamage().size();  // TODO(issue-4): reported in batchDone
+  lastOutput_ = raster_.takeOutput();
+  if (raster_.surface(0) == nullptr) {
+    lastOutput_ = {};  // no primary at the end of the batch: nothing to show
+  } else if (primaryCreatedInBatch_) {
+    // A new primary (its initial pixels included): all of it is new to every client.
+    const Surface* s = raster_.surface(0);
+    lastOutput_.hints.clear();
+    lastOutput_.damage = {
+        qxlcmd::Rect{0, 0, static_cast<int32_t>(s->height), static_cast<int32_t>(s->width)}};
+  }
+  stats_.damageRects += lastOutput_.damage.size();
+  stats_.hints += lastOutput_.hints.size();
   return rejected;
 }
 
@@ -317,7 +501,7 @@ std::optional<DecodeError> Worker::runCommand(Command::Reader command) {
       break;
   }
   const auto& tree = std::get<qxlcmd::Command>(decoded);
-  render(tree);
+  render(tree, surface);
   if (hook_)
     hook_(tree, context);
   return std::nullopt;

@@ -2,7 +2,9 @@
 // a broker bug must not become a memory error here) whose commands point into guest memory
 // (hostile, changes while read). The only code of the renderer that follows guest addresses:
 // every one goes through the memslot replica (SlotMemory) into the decoder (qxl-decode.h), which
-// copies each structure once and validates the copy; only decoded trees reach the hook.
+// copies each structure once and validates the copy; only decoded trees reach the hook. Also maps
+// the broker's display segments (checked: size, seals, dimensions) and writes rendered pixels
+// back into guest memory on UPDATE_AREA (through the same memslot replica, translated each time).
 #pragma once
 
 #include <spice/qxl_dev.h>
@@ -11,9 +13,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <variant>
 
 #include "base/fd.h"
@@ -46,6 +50,35 @@ class GuestMapping {
   GuestView view_;
 };
 
+// A display segment (render.capnp displaySegment), mapped MAP_SHARED read-write; unmapped on
+// destruction. The broker created and sealed it; it is checked anyway (size, seals, dimensions),
+// so that no access inside the mapping can fault.
+class DisplaySegmentMapping {
+ public:
+  // Refusal text when the descriptor is missing, smaller than announced or not sealed against
+  // shrinking, the dimensions or layout are out of range, or mmap fails.
+  static std::variant<std::unique_ptr<DisplaySegmentMapping>, std::string> map(
+      base::Fd fd, ipc::render::DisplaySegment::Reader segment);
+  ~DisplaySegmentMapping();
+  DisplaySegmentMapping(const DisplaySegmentMapping&) = delete;
+  DisplaySegmentMapping& operator=(const DisplaySegmentMapping&) = delete;
+
+  uint64_t generation() const { return generation_; }
+  uint32_t width() const { return width_; }
+  uint32_t height() const { return height_; }
+  uint32_t stride() const { return stride_; }
+  // The picture: stride * height bytes, top row first, 4-byte aligned.
+  std::span<std::byte> pixels() const { return pixels_; }
+
+ private:
+  DisplaySegmentMapping() = default;
+  void* base_ = nullptr;
+  size_t size_ = 0;
+  uint64_t generation_ = 0;
+  uint32_t width_ = 0, height_ = 0, stride_ = 0;
+  std::span<std::byte> pixels_;
+};
+
 struct WorkerStats {
   uint64_t batches = 0;
   uint64_t commands = 0;  // commands copied out and accepted
@@ -55,9 +88,14 @@ struct WorkerStats {
   uint64_t badMemslots = 0;   // broker-sent slots the replica refused (a broker bug)
   uint64_t droppedItems = 0;  // items beyond maxItemsPerBatch (a broker bug)
   uint64_t updateAreas = 0;
-  uint64_t drawn = 0;        // decoded commands the rasteriser carried out
-  uint64_t drawErrors = 0;   // decoded commands the rasteriser refused (RasterError)
-  uint64_t damageRects = 0;  // primary rectangles reported changed, after coalescing per batch
+  uint64_t drawn = 0;             // decoded commands the rasteriser carried out
+  uint64_t drawErrors = 0;        // decoded commands the rasteriser refused (RasterError)
+  uint64_t damageRects = 0;       // primary rectangles reported changed, after coalescing per batch
+  uint64_t hints = 0;             // solid fill / copy bits hints reported
+  uint64_t segments = 0;          // display segments received
+  uint64_t updateAreaWrites = 0;  // UPDATE_AREAs written back into guest memory
+  uint64_t updateAreaRefused = 0;  // UPDATE_AREAs not written (unknown surface, bad area, memory)
+  uint64_t initialPixelsMissing = 0;  // primaries whose `mem` did not translate: started black
   // Rejections by DecodeErrorKind (the index); also drives the per-kind log rate limit.
   std::array<uint64_t, DECODE_ERROR_KIND_COUNT> rejectedByKind{};
 };
@@ -79,6 +117,7 @@ struct PrimaryState {
   uint32_t height = 0;
   int32_t stride = 0;
   uint32_t format = 0;
+  uint64_t mem = 0;  // memslot-encoded guest address of its pixels (lowest address), unvalidated
 };
 
 class Worker {
@@ -88,8 +127,17 @@ class Worker {
   // Guest memory dropped (dropGuestMemory, or replaced). Forgets slots and surfaces.
   void detach();
 
-  // Runs every item of one batch, in order. Returns how many commands were rejected.
+  // The display segment the next createPrimary of its dimensions draws into (replaces an earlier
+  // one; a primary keeps drawing into the segment it was created on). The refusal text when the
+  // segment is unusable: the renderer exits and the broker restarts it.
+  std::optional<std::string> receiveSegment(base::Fd fd,
+                                            ipc::render::DisplaySegment::Reader segment);
+
+  // Runs every item of one batch, in order. Returns how many commands were rejected. What the
+  // batch did to the primary is then in lastOutput().
   uint32_t runBatch(ipc::render::Batch::Reader batch);
+  // The primary's output of the last batch (render.capnp BatchDone damage and hints).
+  const PrimaryOutput& lastOutput() const { return lastOutput_; }
 
   // Where decoded commands go (the rasteriser); a no-op until set.
   void setCommandHook(CommandHook hook) { hook_ = std::move(hook); }
@@ -106,9 +154,20 @@ class Worker {
   void loadMemslots(capnp::List<ipc::render::Memslot>::Reader slots);
   // Counts a rejection and logs it at the 1st, 2nd, 4th, 8th ... time of its kind.
   void reject(const DecodeError& error);
-  // Draws a decoded command (draws, surface create/destroy, cursor shapes).
-  void render(const qxlcmd::Command& command);
+  // Draws a decoded command (draws, surface create/destroy, cursor shapes). `surface`: where a
+  // surface create's pixels are in guest memory.
+  void render(const qxlcmd::Command& command, const SurfaceMemory& surface);
   void createPrimary(const PrimaryState& primary);
+  // Copies the guest's pixels at primary.mem into the new primary (black when they do not
+  // translate).
+  void loadInitialPixels(const PrimaryState& primary);
+  // UPDATE_AREA: the rendered pixels of `area` written back into the surface's guest memory.
+  void updateArea(ipc::render::UpdateArea::Reader update);
+  // Counts an UPDATE_AREA that is not written and logs it at the 1st, 2nd, 4th ... time.
+  void updateAreaRefused(uint32_t surfaceId, const std::string& why);
+  // The guest memory of `size` bytes at `addr`, translated through today's slots, or empty.
+  std::span<std::byte> locate(uint64_t addr, uint64_t size) const;
+  void forgetSurfaces();
   // Counts a rasteriser refusal and logs it at the 1st, 2nd, 4th ... time.
   void rasterFailed(const char* what, RasterError error);
 
@@ -117,10 +176,21 @@ class Worker {
   std::optional<PrimaryState> primary_;
   WorkerStats stats_;
   CommandHook hook_;
+  // Where an offscreen surface's pixels are in guest memory (QXL_SURFACE_CMD_CREATE's data): the
+  // address is kept and translated again at UPDATE_AREA time (the slots may have changed).
+  struct GuestSurface {
+    uint64_t guestAddr = 0;  // lowest address
+    uint64_t size = 0;       // height * |stride|
+    int32_t stride = 0;
+  };
+  std::unordered_map<uint32_t, GuestSurface> guestSurfaces_;
+  // The latest segment received, and the one the primary is drawn into (declared before raster_:
+  // the rasteriser's images point into it and are destroyed first).
+  std::shared_ptr<DisplaySegmentMapping> segment_;
+  std::shared_ptr<DisplaySegmentMapping> primarySegment_;
   Rasteriser raster_;
-  // The primary's pixels, 32 bpp.
-  // TODO(issue-4): a display segment the broker owns and hands over, instead of our own memory.
-  std::vector<uint32_t> primaryPixels_;
+  bool primaryCreatedInBatch_ = false;
+  PrimaryOutput lastOutput_;
 };
 
 }  // namespace spicebox::renderer

@@ -261,6 +261,39 @@ class TestVmm {
     REQUIRE(channel_->send(message));
   }
 
+  // QXL_IO_<port>_ASYNC, then waits for its completion (the device completes CREATE_PRIMARY and
+  // UPDATE_AREA once the renderer has answered the batch holding them).
+  void ioAndWait(uint8_t port, uint8_t value) {
+    const size_t before = completions_.size();
+    ioWrite(port, value, true);
+    runUntil([&] { return completions_.size() > before; });
+    REQUIRE(completions_.back() == port);
+  }
+
+  // QXL_IO_CREATE_PRIMARY_ASYNC of a 32 bpp primary whose pixels are at `ramOffset`.
+  void createPrimary(uint32_t width, uint32_t height, int32_t stride, size_t ramOffset) {
+    QXLSurfaceCreate& c = ramHeader().create_surface;
+    c.width = width;
+    c.height = height;
+    c.stride = stride;
+    c.format = SPICE_SURFACE_FMT_32_xRGB;
+    c.position = 0;
+    c.mouse_mode = 0;
+    c.flags = 0;
+    c.type = QXL_SURF_TYPE_PRIMARY;
+    c.mem = address(ramOffset);
+    ioAndWait(QXL_IO_CREATE_PRIMARY_ASYNC, 0);
+  }
+
+  // QXL_IO_UPDATE_AREA_ASYNC of `area` on surface 0.
+  void updatePrimary(QXLRect area) {
+    ramHeader().update_area = area;
+    ramHeader().update_surface = 0;
+    ioAndWait(QXL_IO_UPDATE_AREA_ASYNC, 0);
+  }
+
+  std::byte* ram() { return ramMap_; }
+
   const std::set<uint64_t>& released() const { return released_; }
   size_t pushed() const { return next_; }
   bool closed() const { return closed_.has_value(); }
@@ -390,5 +423,55 @@ TEST_CASE("renderer killed with commands in flight: every command is still relea
     CHECK(vmm.released().size() == N);
     CHECK_FALSE(vmm.closed());
   }
+  ::rmdir(dir.c_str());
+}
+
+TEST_CASE(
+    "primary: drawn into a broker display segment from the guest's pixels, written back "
+    "on UPDATE_AREA",
+    "[device-path][output]") {
+  std::string dir;
+  const std::string path = tempSocketPath(dir);
+  std::vector<std::string> args = FAST;
+  args.insert(args.end(), {"--vmm-socket", path});
+  test::BrokerProcess broker(args);
+  REQUIRE(broker.waitForReady(START_BOUND));
+  {
+    test::TestLoop loop;
+    TestVmm vmm(loop, broker, path);
+    vmm.linkAndAddMemslot();
+    // A bottom-up primary (negative stride, as drivers make them): row y of the picture lies at
+    // PRIMARY + (H - 1 - y) * 4W.
+    constexpr uint32_t W = 64, H = 32;
+    constexpr size_t PRIMARY = 1024 * 1024;
+    auto pixelAt = [&vmm](uint32_t x, uint32_t y) -> uint32_t& {
+      return *reinterpret_cast<uint32_t*>(vmm.ram() + PRIMARY + (H - 1 - y) * W * 4 + x * 4);
+    };
+    for (uint32_t y = 0; y < H; ++y)
+      for (uint32_t x = 0; x < W; ++x)
+        pixelAt(x, y) = 0x00010000u * y + 0x100u * x + 0x5a;
+    vmm.createPrimary(W, H, -static_cast<int32_t>(W * 4), PRIMARY);
+    // The guest forgets its pixels; UPDATE_AREA brings back what the renderer holds: the
+    // initial pixels it copied into the segment. Only the area is written.
+    for (uint32_t y = 0; y < H; ++y)
+      for (uint32_t x = 0; x < W; ++x)
+        pixelAt(x, y) = 0;
+    vmm.updatePrimary(QXLRect{2, 0, static_cast<int32_t>(H), static_cast<int32_t>(W) - 4});
+    INFO(broker.stderrText());
+    for (uint32_t y = 0; y < H; ++y) {
+      for (uint32_t x = 0; x < W; ++x) {
+        const bool inArea = y >= 2 && x < W - 4;
+        INFO("x=" << x << " y=" << y);
+        REQUIRE(pixelAt(x, y) == (inArea ? 0x00010000u * y + 0x100u * x + 0x5a : 0u));
+      }
+    }
+    auto shown = broker.waitForStatus(
+        [](const test::BrokerStatus& s) {
+          return s.raw.find("display 64x32 (segment 1)") != std::string::npos;
+        },
+        START_BOUND);
+    CHECK(shown);
+  }
+  CHECK(broker.stderrText().find("refus") == std::string::npos);
   ::rmdir(dir.c_str());
 }
