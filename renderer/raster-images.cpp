@@ -78,7 +78,8 @@ PixmanImage convertImage(pixman_image_t* image, pixman_format_code_t format) {
 }
 
 std::variant<PixmanImage, RasterError> bitmapToNative(const qxlcmd::Image& image,
-                                                      const qxlcmd::Bitmap& bitmap) {
+                                                      const qxlcmd::Bitmap& bitmap,
+                                                      pixman_format_code_t canvasFormat) {
   const unsigned bits = qxlcmd::bitmapFormatBits(bitmap.format);
   if (bits == 0) {
     return RasterError::UnsupportedImage;
@@ -96,7 +97,9 @@ std::variant<PixmanImage, RasterError> bitmapToNative(const qxlcmd::Image& image
   if (indexed && !bitmap.palette) {
     return RasterError::BadImage;
   }
-  PixmanImage out = createImage(nativeFormat(bitmap.format), bitmap.x, bitmap.y);
+  const pixman_format_code_t format =
+      indexed && canvasFormat == PIXMAN_a8r8g8b8 ? PIXMAN_a8r8g8b8 : nativeFormat(bitmap.format);
+  PixmanImage out = createImage(format, bitmap.x, bitmap.y);
   if (!out) {
     return RasterError::BadImage;
   }
@@ -139,7 +142,10 @@ std::variant<PixmanImage, RasterError> imageForCanvas(const qxlcmd::Image& image
   if (bitmap == nullptr || image.type != SPICE_IMAGE_TYPE_BITMAP) {
     return RasterError::UnsupportedImage;  // QUIC and other compressed images
   }
-  auto native = bitmapToNative(image, *bitmap);
+  // Converted to the canvas format below, an indexed bitmap is x8r8g8b8 with the palette's raw
+  // values (canvas_get_target_format: no alpha for sources without alpha); kept as it is, it is
+  // in the canvas' own format.
+  auto native = bitmapToNative(image, *bitmap, wantOriginal ? canvasFormat : PIXMAN_x8r8g8b8);
   if (auto* error = std::get_if<RasterError>(&native)) {
     return *error;
   }

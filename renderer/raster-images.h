@@ -19,9 +19,12 @@ namespace spicebox::renderer::images {
 // Looks up a live surface's image by id (null when the id is not live).
 using SurfaceLookup = std::function<pixman_image_t*(uint32_t id)>;
 
-// A bitmap in its "native" pixman format (indexed formats expand to x8r8g8b8).
-std::variant<PixmanImage, RasterError> bitmapToNative(const qxlcmd::Image& image,
-                                                      const qxlcmd::Bitmap& bitmap);
+// A bitmap in its "native" pixman format. Indexed formats take the canvas' 32 bpp format, as
+// the reference's palettes are in the canvas format: a8r8g8b8 on an ARGB canvas (a palette
+// entry's top byte is then alpha), else x8r8g8b8.
+std::variant<PixmanImage, RasterError> bitmapToNative(
+    const qxlcmd::Image& image, const qxlcmd::Bitmap& bitmap,
+    pixman_format_code_t canvasFormat = PIXMAN_x8r8g8b8);
 
 // The image as the reference's canvas_get_image gives it: for `wantOriginal` the native format,
 // else converted to the canvas format (keeping a8r8g8b8 for sources with alpha on an xRGB

@@ -615,3 +615,410 @@ TEST_CASE("all-draws scenario renders every command without error") {
   CHECK(draws > 20);
   CHECK_FALSE(r.takeDamage().empty());
 }
+
+// ---------------------------------------------------------------- output: damage and hints
+
+TEST_CASE("output: a solid put fill is a hint, other fills are damage") {
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(fill(xywh(1, 1, 2, 2), 0x00aa00)));
+  REQUIRE_FALSE(p.r.draw(fill(xywh(8, 8, 2, 2), 0x00aa00, SPICE_ROPD_OP_XOR)));
+  auto masked = fill(xywh(4, 4, 2, 2), 0x0000aa);
+  qxlcmd::Fill& f = std::get<qxlcmd::Fill>(masked.payload);
+  f.mask.bitmap = bitmap32(2, 2, pattern);  // any mask: not exact as a rectangle list
+  f.mask.bitmap->payload = [] {
+    qxlcmd::Bitmap b;
+    b.format = SPICE_BITMAP_FMT_1BIT_BE;
+    b.flags = SPICE_BITMAP_FLAGS_TOP_DOWN;
+    b.x = 2;
+    b.y = 2;
+    b.stride = 1;
+    b.data = {0x80, 0x40};
+    return b;
+  }();
+  p.r.draw(masked);  // drawn or refused: either way no hint
+  auto out = p.r.takeOutput();
+  REQUIRE(out.hints.size() == 1);
+  const auto& hint = std::get<SolidFillHint>(out.hints[0]);
+  CHECK(hint.color == 0x00aa00u);
+  CHECK(hint.rects == std::vector<Rect>{xywh(1, 1, 2, 2)});
+  REQUIRE_FALSE(out.damage.empty());
+  CHECK(out.damage.back() == xywh(8, 8, 2, 2));
+  // Taken: nothing left.
+  auto again = p.r.takeOutput();
+  CHECK(again.damage.empty());
+  CHECK(again.hints.empty());
+}
+
+TEST_CASE("output: a clipped fill's hint lists its rectangles; takeDamage reports hints too") {
+  Primary p;
+  auto d = fill(xywh(0, 0, 16, 16), 0xabcdef);
+  d.clip.type = SPICE_CLIP_TYPE_RECTS;
+  d.clip.rects = {xywh(1, 1, 2, 2), xywh(10, 10, 3, 1)};
+  REQUIRE_FALSE(p.r.draw(d));
+  auto out = p.r.takeOutput();
+  REQUIRE(out.hints.size() == 1);
+  CHECK(std::get<SolidFillHint>(out.hints[0]).rects ==
+        std::vector<Rect>{xywh(1, 1, 2, 2), xywh(10, 10, 3, 1)});
+  CHECK(out.damage.empty());
+  REQUIRE_FALSE(p.r.draw(d));
+  CHECK(p.r.takeDamage().size() == 2);
+  CHECK(p.r.takeOutput().hints.empty());
+}
+
+TEST_CASE("output: copy bits is a hint while its source is clean, else damage") {
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(4, 0, 4, 4), qxlcmd::CopyBits{{0, 0}})));
+  REQUIRE_FALSE(p.r.draw(fill(xywh(0, 8, 4, 4), 0x1, SPICE_ROPD_OP_XOR)));        // damage
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(8, 8, 4, 4), qxlcmd::CopyBits{{2, 8}})));  // overlaps it
+  // Partly outside the surface: clipped to where the source is on the surface.
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(12, 0, 8, 2), qxlcmd::CopyBits{{0, 0}})));
+  auto out = p.r.takeOutput();
+  REQUIRE(out.hints.size() == 2);
+  CHECK(std::get<CopyBitsHint>(out.hints[0]) == CopyBitsHint{0, 0, xywh(4, 0, 4, 4)});
+  CHECK(std::get<CopyBitsHint>(out.hints[1]) == CopyBitsHint{0, 0, xywh(12, 0, 4, 2)});
+  CHECK(out.damage == std::vector<Rect>{xywh(0, 8, 4, 4), xywh(8, 8, 4, 4)});
+}
+
+TEST_CASE("output: replaying hints then painting damage gives the picture") {
+  // The invariant, checked on a mix of draws against a "client" that starts from the same
+  // picture and only applies what takeOutput() reports.
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(copy(xywh(0, 0, 16, 16), bitmap32(16, 16, pattern), xywh(0, 0, 16, 16))));
+  p.r.takeOutput();
+  std::vector<uint32_t> client = p.mem;
+  REQUIRE_FALSE(p.r.draw(fill(xywh(2, 2, 5, 5), 0x010101, SPICE_ROPD_OP_XOR)));
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(8, 0, 6, 6), qxlcmd::CopyBits{{0, 8}})));
+  REQUIRE_FALSE(p.r.draw(fill(xywh(0, 10, 6, 3), 0x445566)));
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(1, 1, 6, 6), qxlcmd::CopyBits{{0, 9}})));
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(9, 9, 6, 6), qxlcmd::CopyBits{{3, 3}})));
+  auto out = p.r.takeOutput();
+  CHECK_FALSE(out.hints.empty());
+  for (const OutputHint& h : out.hints) {
+    if (const auto* f = std::get_if<SolidFillHint>(&h)) {
+      for (const Rect& r : f->rects)
+        for (int32_t y = r.top; y < r.bottom; ++y)
+          for (int32_t x = r.left; x < r.right; ++x)
+            client[static_cast<size_t>(y * 16 + x)] = f->color;
+    } else {
+      const auto& c = std::get<CopyBitsHint>(h);
+      const std::vector<uint32_t> before = client;
+      for (int32_t y = c.dest.top; y < c.dest.bottom; ++y)
+        for (int32_t x = c.dest.left; x < c.dest.right; ++x)
+          client[static_cast<size_t>(y * 16 + x)] = before[static_cast<size_t>(
+              (c.srcY + y - c.dest.top) * 16 + (c.srcX + x - c.dest.left))];
+    }
+  }
+  for (const Rect& r : out.damage)
+    for (int32_t y = r.top; y < r.bottom; ++y)
+      for (int32_t x = r.left; x < r.right; ++x)
+        client[static_cast<size_t>(y * 16 + x)] = p.mem[static_cast<size_t>(y * 16 + x)];
+  CHECK(client == p.mem);
+}
+
+TEST_CASE("output: beyond 64 hints draws are damage; beyond 64 damage rects their bounding box") {
+  Primary p(256, 4);
+  for (int32_t i = 0; i < 70; ++i)
+    REQUIRE_FALSE(p.r.draw(fill(xywh(i * 3, 0, 1, 1), 0x10)));
+  auto out = p.r.takeOutput();
+  CHECK(out.hints.size() == MAX_HINTS);
+  CHECK(out.damage.size() == 6);
+  for (int32_t i = 0; i < 70; ++i)
+    REQUIRE_FALSE(p.r.draw(fill(xywh(i * 3, 1, 1, 1), 0x10, SPICE_ROPD_OP_XOR)));
+  out = p.r.takeOutput();
+  CHECK(out.hints.empty());
+  CHECK(out.damage == std::vector<Rect>{xywh(0, 1, 69 * 3 + 1, 1)});
+}
+
+TEST_CASE("output: a 16 bpp primary's fills are damage (the shadow holds converted colours)") {
+  std::vector<uint32_t> shadow(4 * 4);
+  Rasteriser r;
+  REQUIRE_FALSE(r.createPrimary(4, 4, 16, SPICE_SURFACE_FMT_16_565,
+                                std::as_writable_bytes(std::span(shadow))));
+  REQUIRE_FALSE(r.draw(fill(xywh(0, 0, 2, 2), 0xf800)));
+  auto out = r.takeOutput();
+  CHECK(out.hints.empty());
+  CHECK(out.damage == std::vector<Rect>{xywh(0, 0, 2, 2)});
+}
+
+TEST_CASE("output: destroying the primary forgets it; offscreen draws have none") {
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(fill(xywh(0, 0, 2, 2), 0x1)));
+  REQUIRE_FALSE(p.r.destroyPrimary());
+  auto out = p.r.takeOutput();
+  CHECK(out.hints.empty());
+  CHECK(out.damage.empty());
+  REQUIRE_FALSE(p.r.apply(createCmd(2, SPICE_SURFACE_FMT_32_xRGB, 4, 4)));
+  auto offscreen = fill(xywh(0, 0, 2, 2), 0x1, SPICE_ROPD_OP_XOR);
+  offscreen.surfaceId = 2;
+  REQUIRE_FALSE(p.r.draw(offscreen));
+  CHECK(p.r.takeOutput().damage.empty());
+}
+
+TEST_CASE("loadPrimary copies the guest's pixels, bottom-up when the stride is negative") {
+  std::vector<uint32_t> guest(4 * 2);
+  for (uint32_t i = 0; i < guest.size(); ++i)
+    guest[i] = 0x100u + i;
+  Primary top(4, 2);
+  REQUIRE_FALSE(top.r.loadPrimary(std::as_bytes(std::span(guest)), 16));
+  CHECK(top.at(1, 0) == 0x101u);
+  CHECK(top.at(1, 1) == 0x105u);
+  Primary bottomUp(4, 2);
+  REQUIRE_FALSE(bottomUp.r.loadPrimary(std::as_bytes(std::span(guest)), -16));
+  CHECK(bottomUp.at(1, 0) == 0x105u);
+  CHECK(bottomUp.at(1, 1) == 0x101u);
+  // Memory too small for height * |stride|: refused, nothing read.
+  CHECK(top.r.loadPrimary(std::as_bytes(std::span(guest)).first(31), 16) == RasterError::BadArea);
+}
+
+// ---- STROKE, TEXT and indexed sources as libspice-server draws them (expected pixels worked
+// out by hand from X's line rules and spice-common's text rules, written down per case).
+
+namespace {
+
+qxlcmd::Stroke strokeThrough(std::vector<std::pair<int32_t, int32_t>> pts, uint32_t color,
+                             uint16_t mode = SPICE_ROPD_OP_PUT, int32_t scale = 16) {
+  qxlcmd::Stroke s;
+  qxlcmd::PathSegment seg;
+  seg.flags = SPICE_PATH_BEGIN | SPICE_PATH_END;
+  for (auto [x, y] : pts) {
+    seg.points.push_back(qxlcmd::Point{x * scale, y * scale});
+  }
+  s.path.push_back(seg);
+  s.brush = solid(color);
+  s.foreMode = mode;
+  s.backMode = SPICE_ROPD_OP_PUT;
+  return s;
+}
+
+// The set pixels of a 16x16 primary, as (x, y) pairs in row order.
+std::vector<std::pair<uint32_t, uint32_t>> setPixels(const Primary& p) {
+  std::vector<std::pair<uint32_t, uint32_t>> out;
+  for (uint32_t y = 0; y < 16; ++y) {
+    for (uint32_t x = 0; x < 16; ++x) {
+      if (p.at(x, y) & 0xffffffu) {
+        out.emplace_back(x, y);
+      }
+    }
+  }
+  return out;
+}
+
+using Pixels = std::vector<std::pair<uint32_t, uint32_t>>;
+
+}  // namespace
+
+TEST_CASE("stroke: a zero-width line leaves out its last point") {
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16), strokeThrough({{2, 3}, {7, 3}}, 0xffffff))));
+  CHECK(setPixels(p) == Pixels{{2, 3}, {3, 3}, {4, 3}, {5, 3}, {6, 3}});
+}
+
+TEST_CASE("stroke: X-major octant, a tie takes the diagonal step going right and down") {
+  // (0,0)->(4,2): y = x / 2 is exactly between two rows at x = 1 and x = 3; X's bias gives
+  // this octant the diagonal step, so those columns take the lower row.
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16), strokeThrough({{0, 0}, {4, 2}}, 0xffffff))));
+  CHECK(setPixels(p) == Pixels{{0, 0}, {1, 1}, {2, 1}, {3, 2}});
+}
+
+TEST_CASE("stroke: the same line drawn backwards hits the same middle pixels") {
+  // (4,2)->(0,0) is in a biased octant (an axial step on ties), which is what makes the ties at
+  // x = 3 and x = 1 land on the rows the forward line chose; the end point (0,0) is left out.
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16), strokeThrough({{4, 2}, {0, 0}}, 0xffffff))));
+  CHECK(setPixels(p) == Pixels{{1, 1}, {2, 1}, {3, 2}, {4, 2}});
+}
+
+TEST_CASE("stroke: Y-major octant steps across at the nearest column") {
+  // (0,0)->(1,3): x = y / 3 is 0.33 at row 1 (column 0) and 0.67 at row 2 (column 1).
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16), strokeThrough({{0, 0}, {1, 3}}, 0xffffff))));
+  CHECK(setPixels(p) == Pixels{{0, 0}, {0, 1}, {1, 2}});
+}
+
+TEST_CASE("stroke: 28.4 points round to nearest, a half rounds down") {
+  // x = 2.5 -> 2 and x = 9.5625 -> 10, on row 4 (4.5 -> 4): pixels 2..9.
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(
+      drawable(xywh(0, 0, 16, 16), strokeThrough({{2 * 16 + 8, 4 * 16 + 8}, {9 * 16 + 9, 4 * 16}},
+                                                 0xffffff, SPICE_ROPD_OP_PUT, 1))));
+  CHECK(setPixels(p) == Pixels{{2, 4}, {3, 4}, {4, 4}, {5, 4}, {6, 4}, {7, 4}, {8, 4}, {9, 4}});
+}
+
+TEST_CASE("stroke: XOR applies per line segment, so a crossing pixel is flipped twice") {
+  // Across row 5, up the diagonal to (5,0), down column 5: the third segment crosses the first
+  // at (5,5), which ends up unchanged (black); every other pixel is flipped once.
+  Primary p;
+  REQUIRE_FALSE(
+      p.r.draw(drawable(xywh(0, 0, 16, 16), strokeThrough({{0, 5}, {10, 5}, {5, 0}, {5, 10}},
+                                                          0xffffff, SPICE_ROPD_OP_XOR))));
+  Pixels want;
+  for (uint32_t y = 0; y < 16; ++y) {
+    for (uint32_t x = 0; x < 16; ++x) {
+      const bool row = y == 5 && x < 10 && x != 5;
+      const bool diagonal = x == y + 5 && y >= 1 && y <= 5;  // (10,5) .. (6,1)
+      const bool column = x == 5 && y < 10 && y != 5;
+      if (row || diagonal || column) {
+        want.emplace_back(x, y);
+      }
+    }
+  }
+  CHECK(setPixels(p) == want);
+}
+
+TEST_CASE("stroke: dashes are measured along the line; START_WITH_GAP begins with the gap") {
+  // Style 3 on, 2 off along (0,2)->(12,2): on over [0,3), [5,8) and [10,12], each a 1-pixel-
+  // high box whose pixels are those from ceil(start) to ceil(end) - 1.
+  Primary p;
+  qxlcmd::Stroke s = strokeThrough({{0, 2}, {12, 2}}, 0xffffff);
+  s.attrFlags = SPICE_LINE_FLAGS_STYLED;
+  s.style = {3 << 4, 2 << 4};
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16), s)));
+  CHECK(setPixels(p) == Pixels{{0, 2}, {1, 2}, {2, 2}, {5, 2}, {6, 2}, {7, 2}, {10, 2}, {11, 2}});
+  // With a leading gap the same style reads off 3, on 2: on over [3,5) and [8,10).
+  Primary q;
+  s.attrFlags |= SPICE_LINE_FLAGS_START_WITH_GAP;
+  REQUIRE_FALSE(q.r.draw(drawable(xywh(0, 0, 16, 16), s)));
+  CHECK(setPixels(q) == Pixels{{3, 2}, {4, 2}, {8, 2}, {9, 2}});
+}
+
+TEST_CASE("stroke: an all-zero dash pattern draws the line solid instead of hanging") {
+  Primary p;
+  qxlcmd::Stroke s = strokeThrough({{1, 1}, {5, 1}}, 0xffffff);
+  s.attrFlags = SPICE_LINE_FLAGS_STYLED;
+  s.style = {0, 0};
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16), s)));
+  CHECK(setPixels(p) == Pixels{{1, 1}, {2, 1}, {3, 1}, {4, 1}});
+}
+
+TEST_CASE("stroke: a line from far outside the surface costs only its pixels inside") {
+  // 2^27 pixels long; only row 3's pixels 0..15 exist. Its slope is 0, so all of it is row 3.
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16),
+                                  strokeThrough({{-(1 << 27), 3}, {(1 << 27) - 1, 3}}, 0xffffff))));
+  Pixels want;
+  for (uint32_t x = 0; x < 16; ++x) {
+    want.emplace_back(x, 3);
+  }
+  CHECK(setPixels(p) == want);
+}
+
+namespace {
+
+// One QXLRasterGlyph: render_pos (x, y), glyph_origin (0, 0), width, height, then `rows`.
+void appendGlyph(std::vector<uint8_t>& out, int32_t x, int32_t y, uint16_t w, uint16_t h,
+                 std::vector<uint8_t> rows) {
+  const int32_t header[4] = {x, y, 0, 0};
+  const uint16_t size[2] = {w, h};
+  const auto* a = reinterpret_cast<const uint8_t*>(header);
+  const auto* b = reinterpret_cast<const uint8_t*>(size);
+  out.insert(out.end(), a, a + 16);
+  out.insert(out.end(), b, b + 4);
+  out.insert(out.end(), rows.begin(), rows.end());
+}
+
+}  // namespace
+
+TEST_CASE("text: 4-bit glyphs go OVER through their coverage, whatever fore_mode says") {
+  // A4 coverage n becomes n * 16 in the mask; white OVER black gives that value per channel.
+  // fore_mode XOR is not used: without a back area the reference always composites OVER.
+  Primary p;
+  qxlcmd::Text t;
+  t.str.length = 1;
+  t.str.flags = SPICE_STRING_FLAGS_RASTER_A4;
+  appendGlyph(t.str.data, 4, 4, 2, 1, {0xf8});
+  t.foreBrush = solid(0xffffff);
+  t.foreMode = SPICE_ROPD_OP_XOR;
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16), t)));
+  CHECK((p.at(4, 4) & 0xffffffu) == 0xf0f0f0u);
+  CHECK((p.at(5, 4) & 0xffffffu) == 0x808080u);
+  CHECK((p.at(6, 4) & 0xffffffu) == 0u);
+}
+
+TEST_CASE(
+    "text: an odd A4 pixel takes a later glyph's coverage when its byte's high nibble is set") {
+  // Glyph A at x = 4 (byte 0x1f: 16 at x = 4, 240 at x = 5), then glyph B at x = 3 (byte 0x10:
+  // 16 at x = 3, 0 at x = 4). Overlaps keep the larger coverage, except in B's odd pixel: the
+  // reference compares 0x10 << 4 = 256 with A's 16 and stores 256's low byte, 0.
+  Primary p;
+  qxlcmd::Text t;
+  t.str.length = 2;
+  t.str.flags = SPICE_STRING_FLAGS_RASTER_A4;
+  appendGlyph(t.str.data, 4, 4, 2, 1, {0x1f});
+  appendGlyph(t.str.data, 3, 4, 2, 1, {0x10});
+  t.foreBrush = solid(0xffffff);
+  t.foreMode = SPICE_ROPD_OP_PUT;
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16), t)));
+  CHECK((p.at(3, 4) & 0xffffffu) == 0x101010u);
+  CHECK((p.at(4, 4) & 0xffffffu) == 0u);
+  CHECK((p.at(5, 4) & 0xffffffu) == 0xf0f0f0u);
+}
+
+TEST_CASE("text: with a back area and a fore mode other than PUT nothing is drawn") {
+  Primary p;
+  REQUIRE_FALSE(p.r.draw(fill(xywh(0, 0, 16, 16), 0x123456)));
+  qxlcmd::Text t;
+  t.str.length = 1;
+  t.str.flags = SPICE_STRING_FLAGS_RASTER_A1;
+  appendGlyph(t.str.data, 4, 4, 8, 1, {0xff});
+  t.backArea = xywh(0, 0, 16, 16);
+  t.backBrush = solid(0xff0000);
+  t.foreBrush = solid(0xffffff);
+  t.foreMode = SPICE_ROPD_OP_XOR;
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16), t)));
+  CHECK((p.at(0, 0) & 0xffffffu) == 0x123456u);
+  CHECK((p.at(4, 4) & 0xffffffu) == 0x123456u);
+}
+
+TEST_CASE("alpha blend: an indexed source on an ARGB surface takes alpha from its palette") {
+  // Palette entry 0x00ff0000: red with alpha 0, as the reference keeps indexed bitmaps in the
+  // canvas format (a8r8g8b8 here). OVER adds it to the blue destination unscaled: 0xffff00ff.
+  Primary p(16, 16, SPICE_SURFACE_FMT_32_ARGB);
+  REQUIRE_FALSE(p.r.draw(fill(xywh(0, 0, 16, 16), 0xff0000ff)));
+  qxlcmd::Bitmap b;
+  b.format = SPICE_BITMAP_FMT_8BIT;
+  b.flags = SPICE_BITMAP_FLAGS_TOP_DOWN;
+  b.x = 1;
+  b.y = 1;
+  b.stride = 1;
+  b.data = {0};
+  b.palette.emplace().entries = {0x00ff0000u};
+  qxlcmd::Image img;
+  img.type = SPICE_IMAGE_TYPE_BITMAP;
+  img.width = img.height = 1;
+  img.payload = b;
+  qxlcmd::AlphaBlend a;
+  a.alpha = 0xff;
+  a.srcBitmap = img;
+  a.srcArea = xywh(0, 0, 1, 1);
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(2, 2, 1, 1), a)));
+  CHECK(p.at(2, 2) == 0xffff00ffu);
+}
+
+TEST_CASE(
+    "stroke: a Bezier curve whose points all coincide ends (the reference recurses for ever)") {
+  Primary p;
+  qxlcmd::Stroke s = strokeThrough({{3, 3}}, 0xffffff);
+  qxlcmd::PathSegment curve;
+  curve.flags = SPICE_PATH_BEZIER | SPICE_PATH_END;
+  curve.points = {qxlcmd::Point{48, 48}, qxlcmd::Point{48, 48}, qxlcmd::Point{48, 48}};
+  s.path[0].flags = SPICE_PATH_BEGIN;
+  s.path.push_back(curve);
+  REQUIRE_FALSE(p.r.draw(drawable(xywh(0, 0, 16, 16), s)));
+  CHECK(setPixels(p).empty());  // a curve of zero length, its last point left out: nothing
+}
+
+TEST_CASE("surface commands on surface 0 are refused: the primary comes and goes by IO only") {
+  Rasteriser r;
+  std::vector<uint32_t> mem(16 * 16, 0);
+  // No primary yet: a command must not create one the broker does not know of.
+  CHECK(r.apply(createCmd(0, SPICE_SURFACE_FMT_32_xRGB, 16, 16)) == RasterError::PrimaryByCommand);
+  CHECK(r.surface(0) == nullptr);
+  REQUIRE_FALSE(r.createPrimary(16, 16, 16 * 4, SPICE_SURFACE_FMT_32_xRGB,
+                                std::as_writable_bytes(std::span(mem))));
+  qxlcmd::SurfaceCmd destroy;
+  destroy.surfaceId = 0;
+  destroy.type = QXL_SURFACE_CMD_DESTROY;
+  CHECK(r.apply(destroy) == RasterError::PrimaryByCommand);
+  CHECK(r.surface(0) != nullptr);
+}

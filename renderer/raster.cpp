@@ -11,6 +11,7 @@
 
 #include "renderer/raster-images.h"
 #include "renderer/raster-pixels.h"
+#include "renderer/raster-stroke.h"
 
 namespace spicebox::renderer {
 
@@ -49,6 +50,8 @@ std::string_view describe(RasterError error) {
       return "cursor larger than 512 x 512";
     case RasterError::BadArea:
       return "area or memory does not fit the surface";
+    case RasterError::PrimaryByCommand:
+      return "surface command on surface 0, the primary (created and destroyed by IO only)";
   }
   return "unknown raster error";
 }
@@ -141,7 +144,21 @@ pixman_filter_t safeFilter(uint32_t f) {
 
 struct Rasteriser::Impl {
   std::array<std::unique_ptr<Surface>, MAX_SURFACES> surfaces;
+  // The primary's output since takeOutput(): what draws without a hint changed, the hints, and
+  // the hints' rectangles (takeDamage() reports them together with the damage).
   Region damage;
+  std::vector<OutputHint> hints;
+  Region hinted;
+
+  void clearOutput() {
+    pixman_region32_clear(damage.get());
+    pixman_region32_clear(hinted.get());
+    hints.clear();
+  }
+  // `region` of the primary was changed by `d` (`failed`: not completely drawn).
+  void recordPrimaryOutput(const Surface& s, const qxlcmd::Drawable& d, Region& region,
+                           bool failed);
+  std::optional<OutputHint> hintFor(const Surface& s, const qxlcmd::Drawable& d, Region& region);
 
   pixman_image_t* lookup(uint32_t id) const {
     return id < MAX_SURFACES && surfaces[id] ? surfaces[id]->image.get() : nullptr;
@@ -229,10 +246,41 @@ RasterResult Rasteriser::createPrimary(uint32_t w, uint32_t h, int32_t stride, u
     impl_->refreshShadow(*s, all);
   }
   impl_->surfaces[0] = std::move(s);
+  impl_->clearOutput();  // output of an earlier primary means nothing for this one
+  return std::nullopt;
+}
+
+RasterResult Rasteriser::loadPrimary(std::span<const std::byte> guestMemory, int32_t stride) {
+  Surface* s = impl_->surfaces[0].get();
+  if (s == nullptr) {
+    return RasterError::SurfaceUnknown;
+  }
+  pixman_image_t* img = s->image.get();
+  const uint64_t rowBytes = (static_cast<uint64_t>(s->width) * pixels::bitsPerPixel(img) + 7) / 8;
+  const uint64_t absStride = stride < 0 ? -static_cast<int64_t>(stride) : stride;
+  if (absStride < rowBytes || absStride * s->height > guestMemory.size()) {
+    return RasterError::BadArea;
+  }
+  // Raw bytes only: the guest may change them while we copy, which costs it its own picture.
+  auto* dest = reinterpret_cast<uint8_t*>(pixman_image_get_data(img));
+  const size_t destStride = static_cast<size_t>(pixman_image_get_stride(img));
+  const auto* src = reinterpret_cast<const uint8_t*>(guestMemory.data());
+  for (uint32_t y = 0; y < s->height; ++y) {
+    const uint64_t srcRow = stride < 0 ? s->height - 1 - y : y;
+    std::memcpy(dest + destStride * y, src + absStride * srcRow, rowBytes);
+  }
+  Region all(0, 0, static_cast<int32_t>(s->width), static_cast<int32_t>(s->height));
+  impl_->refreshShadow(*s, all);
   return std::nullopt;
 }
 
 RasterResult Rasteriser::apply(const qxlcmd::SurfaceCmd& cmd) {
+  // Surface 0 is the primary: created into its display segment and destroyed by the device's IO
+  // ports only. A surface command on it would leave the renderer's primary out of step with the
+  // one the broker knows (and checks the output against).
+  if (cmd.surfaceId == 0) {
+    return RasterError::PrimaryByCommand;
+  }
   if (cmd.type == QXL_SURFACE_CMD_DESTROY) {
     return destroySurface(cmd.surfaceId);
   }
@@ -273,6 +321,9 @@ RasterResult Rasteriser::destroySurface(uint32_t id) {
     return RasterError::SurfaceUnknown;
   }
   impl_->surfaces[id].reset();
+  if (id == 0) {
+    impl_->clearOutput();
+  }
   return std::nullopt;
 }
 
@@ -280,6 +331,7 @@ void Rasteriser::destroyAll() {
   for (auto& s : impl_->surfaces) {
     s.reset();
   }
+  impl_->clearOutput();
 }
 
 const Surface* Rasteriser::surface(uint32_t id) const {
@@ -296,14 +348,94 @@ pixman_image_t* Rasteriser::displayImage() const {
 
 std::vector<qxlcmd::Rect> Rasteriser::takeDamage() {
   std::vector<qxlcmd::Rect> out;
+  impl_->damage.unite(impl_->hinted);
   int n = 0;
   pixman_box32_t* boxes = impl_->damage.rects(&n);
   out.reserve(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
     out.push_back(qxlcmd::Rect{boxes[i].y1, boxes[i].x1, boxes[i].y2, boxes[i].x2});
   }
-  pixman_region32_clear(impl_->damage.get());
+  impl_->clearOutput();
   return out;
+}
+
+PrimaryOutput Rasteriser::takeOutput() {
+  PrimaryOutput out;
+  int n = 0;
+  pixman_box32_t* boxes = impl_->damage.rects(&n);
+  if (static_cast<size_t>(n) > MAX_DAMAGE_RECTS) {
+    // Too many to report one by one: their bounding box (repainting unchanged pixels is safe).
+    const pixman_box32_t* e = pixman_region32_extents(impl_->damage.get());
+    out.damage.push_back(qxlcmd::Rect{e->y1, e->x1, e->y2, e->x2});
+  } else {
+    out.damage.reserve(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      out.damage.push_back(qxlcmd::Rect{boxes[i].y1, boxes[i].x1, boxes[i].y2, boxes[i].x2});
+    }
+  }
+  out.hints = std::move(impl_->hints);
+  impl_->clearOutput();
+  return out;
+}
+
+std::optional<OutputHint> Rasteriser::Impl::hintFor(const Surface& s, const qxlcmd::Drawable& d,
+                                                    Region& region) {
+  int n = 0;
+  const pixman_box32_t* boxes = region.rects(&n);
+  if (const auto* f = std::get_if<qxlcmd::Fill>(&d.payload)) {
+    // Exact only when the stored pixel is the brush colour: a solid PUT without mask, drawn
+    // straight into the shown 32 bpp image (a shadow holds a converted colour).
+    if (s.shadow || f->brush.type != SPICE_BRUSH_TYPE_SOLID || f->mask.bitmap ||
+        pixels::ropFromDescriptor(f->ropDescriptor, SPICE_ROPD_INVERS_BRUSH,
+                                  SPICE_ROPD_INVERS_DEST) != Rop::Copy ||
+        n < 1 || static_cast<size_t>(n) > MAX_HINT_RECTS) {
+      return std::nullopt;
+    }
+    SolidFillHint hint{f->brush.color, {}};
+    for (int i = 0; i < n; ++i) {
+      hint.rects.push_back(qxlcmd::Rect{boxes[i].y1, boxes[i].x1, boxes[i].y2, boxes[i].x2});
+    }
+    return hint;
+  }
+  if (const auto* cb = std::get_if<qxlcmd::CopyBits>(&d.payload)) {
+    // One destination rectangle (several would have to be copied from one snapshot). drawCopyBits
+    // left only destinations whose source lies on the surface in `region`.
+    if (n != 1) {
+      return std::nullopt;
+    }
+    const int64_t dx = int64_t{d.bbox.left} - cb->srcPos.x;
+    const int64_t dy = int64_t{d.bbox.top} - cb->srcPos.y;
+    const pixman_box32_t& b = boxes[0];
+    const int64_t sx = b.x1 - dx, sy = b.y1 - dy;
+    if (sx < 0 || sy < 0 || sx + (b.x2 - b.x1) > s.width || sy + (b.y2 - b.y1) > s.height) {
+      return std::nullopt;
+    }
+    // The client's copy of the source must equal ours: no damage it has not seen yet there.
+    Region source(static_cast<int32_t>(sx), static_cast<int32_t>(sy),
+                  static_cast<int32_t>(sx + (b.x2 - b.x1)),
+                  static_cast<int32_t>(sy + (b.y2 - b.y1)));
+    source.intersect(damage);
+    if (!source.empty()) {
+      return std::nullopt;
+    }
+    return CopyBitsHint{static_cast<int32_t>(sx), static_cast<int32_t>(sy),
+                        qxlcmd::Rect{b.y1, b.x1, b.y2, b.x2}};
+  }
+  return std::nullopt;
+}
+
+void Rasteriser::Impl::recordPrimaryOutput(const Surface& s, const qxlcmd::Drawable& d,
+                                           Region& region, bool failed) {
+  std::optional<OutputHint> hint;
+  if (!failed && hints.size() < MAX_HINTS) {
+    hint = hintFor(s, d, region);
+  }
+  if (hint) {
+    hints.push_back(std::move(*hint));
+    hinted.unite(region);
+  } else {
+    damage.unite(region);
+  }
 }
 
 RasterResult Rasteriser::updateArea(uint32_t id, const qxlcmd::Rect& area,
@@ -809,67 +941,70 @@ RasterResult drawComposite(DrawContext& c, const qxlcmd::Composite& k) {
   return std::nullopt;
 }
 
-// STROKE, approximate: one-pixel-wide lines (Bresenham between the points rounded from 28.4),
-// solid even when STYLED, beziers drawn as their control polygon. The reference rasterises
-// with its own port of the X server's wide/zero-width line code (lines.c); the issue allows a
-// measured tolerance for strokes and docs/ states it.
+// STROKE as the reference draws it (raster-stroke.h): along the flattened path, X's zero-width
+// lines, each line segment filled on its own (so XOR-like ROPs combine where segments cross, as
+// in the reference); STYLED strokes as X's width-1 dashed lines, each polyline filled once.
+// Clipped to bbox and clip.
 RasterResult drawStroke(DrawContext& c, const qxlcmd::Stroke& st) {
   const Rop rop =
       pixels::ropFromDescriptor(st.foreMode, SPICE_ROPD_INVERS_BRUSH, SPICE_ROPD_INVERS_DEST);
-  if (st.brush.type != SPICE_BRUSH_TYPE_SOLID) {
-    return std::nullopt;  // TODO(cleanup): pattern strokes; none seen from real drivers
+  // X's raster ops that must not touch a pixel twice (its miSpansCarefulRop), in spice's ROP
+  // numbering (the same as X's GX functions).
+  const unsigned ropNumber = static_cast<unsigned>(rop);
+  const bool careful = (ropNumber & 0xc) == 0x8 || (ropNumber & 0x3) == 0x2;
+  stroke::Dashes dashes;
+  if (st.attrFlags & SPICE_LINE_FLAGS_STYLED) {
+    dashes = stroke::dashesFromStyle(st.style, st.attrFlags & SPICE_LINE_FLAGS_START_WITH_GAP);
   }
-  Region pixelsHit;
-  auto plot = [&](int64_t x, int64_t y) {
-    if (x < 0 || y < 0 || x >= c.surface.width || y >= c.surface.height) {
-      return;
+  std::vector<pixman_box32_t> boxes;
+  auto fill = [&]() -> RasterResult {
+    if (boxes.empty()) {
+      return std::nullopt;
     }
-    Region one(static_cast<int32_t>(x), static_cast<int32_t>(y), static_cast<int32_t>(x + 1),
-               static_cast<int32_t>(y + 1));
-    pixelsHit.unite(one);
+    Region pixelsHit;
+    pixman_region32_init_rects(pixelsHit.get(), boxes.data(), static_cast<int>(boxes.size()));
+    boxes.clear();
+    DrawContext part(c.surface, c.d, c.lookup);
+    part.region.intersect(c.region);
+    part.region.intersect(pixelsHit);
+    if (part.region.empty()) {
+      return std::nullopt;
+    }
+    return part.brush(st.brush, rop);  // a NONE brush fills with 0, as in the reference
   };
-  auto line = [&](qxlcmd::Point a, qxlcmd::Point b) {
-    int64_t x0 = (int64_t{a.x} + 8) >> 4, y0 = (int64_t{a.y} + 8) >> 4;
-    const int64_t x1 = (int64_t{b.x} + 8) >> 4, y1 = (int64_t{b.y} + 8) >> 4;
-    const int64_t dx = std::abs(x1 - x0), dy = -std::abs(y1 - y0);
-    if (dx > 2 * MAX_SURFACE_DIMENSION || -dy > 2 * MAX_SURFACE_DIMENSION) {
-      return;  // far off any surface: not drawn (clip would remove it anyway)
+  for (const auto& line : stroke::flattenPath(st.path)) {
+    bool dashable = dashes.usable();
+    for (size_t i = 1; i < line.size() && dashable; ++i) {
+      dashable = std::abs(int64_t{line[i].x} - line[i - 1].x) <= stroke::MAX_DASHED_SEGMENT &&
+                 std::abs(int64_t{line[i].y} - line[i - 1].y) <= stroke::MAX_DASHED_SEGMENT;
     }
-    const int64_t sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1;
-    int64_t err = dx + dy;
-    for (;;) {
-      plot(x0, y0);
-      if (x0 == x1 && y0 == y1) {
-        break;
+    if (dashable) {
+      stroke::dashedPolyline(line, dashes, careful, c.surface.width, c.surface.height, boxes);
+      if (auto e = fill()) {
+        return e;
       }
-      const int64_t e2 = 2 * err;
-      if (e2 >= dy) {
-        err += dy;
-        x0 += sx;
-      }
-      if (e2 <= dx) {
-        err += dx;
-        y0 += sy;
-      }
+      continue;
     }
-  };
-  for (const auto& seg : st.path) {
-    for (size_t i = 1; i < seg.points.size(); ++i) {
-      line(seg.points[i - 1], seg.points[i]);
-    }
-    if ((seg.flags & SPICE_PATH_CLOSE) && seg.points.size() > 2) {
-      line(seg.points.back(), seg.points.front());
+    for (size_t i = 1; i < line.size(); ++i) {
+      stroke::zeroWidthSegment(line[i - 1], line[i], c.surface.width, c.surface.height, boxes);
+      if (auto e = fill()) {
+        return e;
+      }
     }
   }
-  c.region.intersect(pixelsHit);
-  pixels::fillRegion(c.dest, c.region, st.brush.color, rop);
   return std::nullopt;
 }
 
-// TEXT: the glyphs' pixels (A1: set bits; A4/A8: non-zero coverage) form a region that the fore
-// brush fills with fore_mode; the back brush fills back_area first when back_mode is set.
-// QXLRasterGlyph records: render_pos (2 x int32), glyph_origin (2 x int32), width, height
-// (uint16 each), then rows of ceil(width * bpp / 8) bytes, bottom row first.
+// TEXT as spice-common's canvas draws it: a non-empty back_area is filled with the back brush by
+// copy (only when fore_mode is exactly PUT; any other fore mode then draws nothing at all).
+// The glyphs make one coverage mask over their bounding box (A1: 0 or 255, A4: value * 16, A8:
+// value; overlapping glyphs keep the larger coverage, but for the reference's quirk in odd A4
+// pixels), through which the fore brush is put OVER
+// the surface (fore_mode plays no part), clipped to bbox and clip; a NONE fore brush draws no
+// glyphs. Glyph rows are stored bottom-up whatever SPICE_STRING_FLAGS_RASTER_TOP_DOWN says
+// (the reference ignores that flag too). QXLRasterGlyph records: render_pos (2 x int32),
+// glyph_origin (2 x int32), width, height (uint16 each), then rows of ceil(width * bpp / 8)
+// bytes.
 RasterResult drawText(DrawContext& c, const qxlcmd::Text& t) {
   unsigned bpp = 0;
   if (t.str.flags & SPICE_STRING_FLAGS_RASTER_A1) {
@@ -881,7 +1016,12 @@ RasterResult drawText(DrawContext& c, const qxlcmd::Text& t) {
   } else {
     return RasterError::BadGlyphString;  // vector glyphs: no driver sends them
   }
-  Region glyphs;
+  struct Glyph {
+    int64_t left, top;
+    uint16_t width, height;
+    size_t offset;  // of its rows in the string data
+  };
+  std::vector<Glyph> glyphs;
   const auto& data = t.str.data;
   size_t off = 0;
   auto readU32 = [&](size_t at) {
@@ -905,36 +1045,15 @@ RasterResult drawText(DrawContext& c, const qxlcmd::Text& t) {
     if ((data.size() - off) / std::max<size_t>(rowBytes, 1) < h && rowBytes != 0) {
       return RasterError::BadGlyphString;
     }
-    for (uint16_t y = 0; y < h; ++y) {
-      // Rows are stored bottom-up: the glyph's top row is its last one in memory, whatever
-      // SPICE_STRING_FLAGS_RASTER_TOP_DOWN says (spice-common's canvas ignores that flag too, so
-      // every SPICE client draws text this way).
-      const uint8_t* row = data.data() + off + rowBytes * (h - 1u - y);
-      for (uint16_t x = 0; x < w; ++x) {
-        unsigned v;
-        if (bpp == 1) {
-          v = (row[x / 8] >> (7 - x % 8)) & 1u;
-        } else if (bpp == 4) {
-          v = (x % 2 ? row[x / 2] : row[x / 2] >> 4) & 0xfu;
-        } else {
-          v = row[x];
-        }
-        const int64_t px = x0 + x, py = y0 + y;
-        if (v != 0 && px >= 0 && py >= 0 && px < c.surface.width && py < c.surface.height) {
-          Region one(static_cast<int32_t>(px), static_cast<int32_t>(py),
-                     static_cast<int32_t>(px + 1), static_cast<int32_t>(py + 1));
-          glyphs.unite(one);
-        }
-      }
-    }
+    glyphs.push_back(Glyph{x0, y0, w, h, off});
     off += rowBytes * h;
   }
-  // As spice-common's canvas: a non-empty back_area is filled with the back brush, copied
-  // (back_mode is not consulted), and that only makes sense with fore_mode PUT: any other fore
-  // mode draws nothing at all.
+  if (c.region.empty()) {
+    return std::nullopt;  // clipped away: nothing at all, as in the reference
+  }
   const bool backArea = t.backArea.left < t.backArea.right && t.backArea.top < t.backArea.bottom;
   if (backArea) {
-    if ((t.foreMode & 0x7ff) != SPICE_ROPD_OP_PUT) {
+    if (t.foreMode != SPICE_ROPD_OP_PUT) {
       return std::nullopt;
     }
     // A NONE back brush fills too (with 0), as every brush does (DrawContext::brush).
@@ -946,10 +1065,116 @@ RasterResult drawText(DrawContext& c, const qxlcmd::Text& t) {
       return e;
     }
   }
-  c.region.intersect(glyphs);
-  const Rop foreRop =
-      pixels::ropFromDescriptor(t.foreMode, SPICE_ROPD_INVERS_BRUSH, SPICE_ROPD_INVERS_DEST);
-  return c.brush(t.foreBrush, foreRop);
+  if (glyphs.empty() || t.foreBrush.type == SPICE_BRUSH_TYPE_NONE) {
+    return std::nullopt;  // (the reference crashes on an empty string)
+  }
+  // The glyphs' bounding box, and the part of it on the surface: only that part of the mask
+  // is built (the composite is clipped to the surface anyway).
+  int64_t left = glyphs[0].left, top = glyphs[0].top;
+  int64_t right = left + glyphs[0].width, bottom = top + glyphs[0].height;
+  for (const Glyph& g : glyphs) {
+    left = std::min(left, g.left);
+    top = std::min(top, g.top);
+    right = std::max(right, g.left + g.width);
+    bottom = std::max(bottom, g.top + g.height);
+  }
+  const int64_t mx1 = std::max<int64_t>(left, 0), my1 = std::max<int64_t>(top, 0);
+  const int64_t mx2 = std::min<int64_t>(right, c.surface.width);
+  const int64_t my2 = std::min<int64_t>(bottom, c.surface.height);
+  if (mx2 > mx1 && my2 > my1) {
+    // pixman zero-fills the bits it allocates: no coverage yet.
+    PixmanImage mask(pixman_image_create_bits(PIXMAN_a8, static_cast<int>(mx2 - mx1),
+                                              static_cast<int>(my2 - my1), nullptr, 0));
+    if (!mask) {
+      return RasterError::BadImage;
+    }
+    auto* maskBits = reinterpret_cast<uint8_t*>(pixman_image_get_data(mask.get()));
+    const int maskStride = pixman_image_get_stride(mask.get());
+    for (const Glyph& g : glyphs) {
+      const size_t rowBytes = (static_cast<size_t>(g.width) * bpp + 7) / 8;
+      for (uint16_t y = 0; y < g.height; ++y) {
+        const int64_t py = g.top + y;
+        if (py < my1 || py >= my2) {
+          continue;
+        }
+        const uint8_t* row = data.data() + g.offset + rowBytes * (g.height - 1u - y);
+        for (uint16_t x = 0; x < g.width; ++x) {
+          const int64_t px = g.left + x;
+          if (px < mx1 || px >= mx2) {
+            continue;
+          }
+          uint8_t& m = maskBits[(py - my1) * maskStride + (px - mx1)];
+          if (bpp == 1) {
+            m = std::max<uint8_t>(m, ((row[x / 8] >> (7 - x % 8)) & 1u) ? 0xff : 0);
+          } else if (bpp == 8) {
+            m = std::max(m, row[x]);
+          } else if (x % 2 == 0) {
+            m = std::max<uint8_t>(m, row[x / 2] & 0xf0);
+          } else {
+            // The reference compares the whole byte shifted left by 4 before it keeps the low 8
+            // bits: a byte with a non-zero high nibble always replaces what an earlier glyph
+            // left in the odd pixel (with the low nibble's coverage), else the larger one wins.
+            const unsigned shifted = unsigned{row[x / 2]} << 4;
+            if (shifted > m) {
+              m = static_cast<uint8_t>(shifted & 0xff);
+            }
+          }
+        }
+      }
+    }
+    PixmanImage brush;
+    if (t.foreBrush.type == SPICE_BRUSH_TYPE_SOLID) {
+      // The brush colour's channels scaled to 16 bits with the canvas' channel size (5 bits
+      // for every 16 bpp format, else 8: the reference's colour_mask / colour_shift).
+      const bool depth16 = c.surface.format == SPICE_SURFACE_FMT_16_555 ||
+                           c.surface.format == SPICE_SURFACE_FMT_16_565;
+      const uint32_t channelMask = depth16 ? 0x1f : 0xff, shift = depth16 ? 5 : 8;
+      uint32_t color = t.foreBrush.color;
+      pixman_color_t pc;
+      pc.blue = static_cast<uint16_t>(((color & channelMask) * 0xffff) / channelMask);
+      color >>= shift;
+      pc.green = static_cast<uint16_t>(((color & channelMask) * 0xffff) / channelMask);
+      color >>= shift;
+      pc.red = static_cast<uint16_t>(((color & channelMask) * 0xffff) / channelMask);
+      pc.alpha = 0xffff;
+      brush.reset(pixman_image_create_solid_fill(&pc));
+    } else if (t.foreBrush.type == SPICE_BRUSH_TYPE_PATTERN) {
+      if (!t.foreBrush.pattern) {
+        return RasterError::BadImage;
+      }
+      auto tile = c.image(*t.foreBrush.pattern, false);
+      if (auto* e = std::get_if<RasterError>(&tile)) {
+        return *e;
+      }
+      // A copy, so a surface used as the pattern keeps its own transform and repeat.
+      pixman_image_t* src = std::get<PixmanImage>(tile).get();
+      brush = images::convertImage(src, pixman_image_get_format(src));
+      if (brush) {
+        pixman_transform_t tr;
+        pixman_transform_init_translate(&tr, pixman_int_to_fixed(-t.foreBrush.patternPos.x),
+                                        pixman_int_to_fixed(-t.foreBrush.patternPos.y));
+        pixman_image_set_transform(brush.get(), &tr);
+        pixman_image_set_repeat(brush.get(), PIXMAN_REPEAT_NORMAL);
+      }
+    } else {
+      return RasterError::BadImage;  // no such brush type
+    }
+    if (!brush) {
+      return RasterError::BadImage;
+    }
+    pixman_image_set_clip_region32(c.dest, c.region.get());
+    // Brush coordinates are the surface's minus the mask origin's offset from the glyph box:
+    // the reference composites from (0, 0) of brush and mask at the box's corner.
+    pixman_image_composite32(PIXMAN_OP_OVER, brush.get(), mask.get(), c.dest,
+                             static_cast<int32_t>(mx1 - left), static_cast<int32_t>(my1 - top), 0,
+                             0, static_cast<int32_t>(mx1), static_cast<int32_t>(my1),
+                             static_cast<int32_t>(mx2 - mx1), static_cast<int32_t>(my2 - my1));
+    pixman_image_set_clip_region32(c.dest, nullptr);
+  }
+  if (c.surface.format == SPICE_SURFACE_FMT_32_xRGB) {
+    clearDestAlpha(c.dest, left, top, right - left, bottom - top);
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -1033,7 +1258,7 @@ RasterResult Rasteriser::Impl::drawOn(Surface& s, uint32_t id, const qxlcmd::Dra
   if (!c.region.empty()) {
     refreshShadow(s, c.region);
     if (id == 0) {
-      damage.unite(c.region);
+      recordPrimaryOutput(s, d, c.region, result.has_value());
     }
   }
   return result;

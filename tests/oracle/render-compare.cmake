@@ -2,8 +2,8 @@
 # spicebox's rasteriser (spicebox-render-recording), the primary compared after every EVERY-th
 # command and after the last. Pixel-exact (0 differing pixels) at every snapshot, unless
 # MAX_OFF_PER_MILLE allows that many pixels per thousand to differ by more than 2 in a channel
-# (the issue's tolerance for what the reference's own rasterisation makes unmatchable, e.g.
-# strokes; the caller says why).
+# (the issue's tolerance for what the reference's own rasterisation makes unmatchable; the
+# caller says why. No comparison needs it at present: strokes and text are exact too).
 # The recording: a shared one (RECORDINGS, NAME; skipped loudly without it), or a guestsim
 # scenario recorded with --record-out --reference-formats (GUESTSIM, SCENARIO, ARGS a,b,c).
 # -D ORACLE=... SPICEBOX=... WORK=... XZ=... [EVERY=1000] [MAX_OFF_PER_MILLE=0]

@@ -7,6 +7,7 @@
 // uses for libspice-server, so the two can be compared pixel by pixel. The trees are drawn as the
 // reader produced them; that the renderer's decoder yields the very same trees from guest memory
 // is shown for every command of the shared recordings by renderer-decode-tests.
+#include <spdlog/fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
@@ -83,6 +84,15 @@ int main(int argc, char** argv) {
   app.add_option("--every", every, "Also every K-th command");
   app.add_flag("--last", last, "Also after the last command");
   app.add_option("--out-prefix", prefix, "Writes PREFIX-N.png")->required();
+  std::vector<int64_t> probe;
+  app.add_option("--probe", probe,
+                 "SURFACE,X,Y: print that pixel's value whenever a command changes it")
+      ->expected(3)
+      ->delimiter(',');
+  bool list = false;
+  app.add_flag("--list", list,
+               "Also print each draw command (number, QXL_DRAW_* type, surface, bbox): to find "
+               "the command behind a differing snapshot");
   CLI11_PARSE(app, argc, argv);
   base::initLogging("render-recording", STDERR_FILENO, "");
 
@@ -136,10 +146,91 @@ int main(int argc, char** argv) {
     const auto& command = std::get<guestsim::Command>(event.body);
     ++commands;
     renderer::RasterResult result;
-    if (const auto* draw = std::get_if<qxlcmd::Drawable>(&command.body))
+    if (const auto* draw = std::get_if<qxlcmd::Drawable>(&command.body)) {
+      if (list)
+        fmt::print("command {}: draw type {} surface {} bbox ({},{})-({},{}) clip {}\n", commands,
+                   draw->type, draw->surfaceId, draw->bbox.left, draw->bbox.top, draw->bbox.right,
+                   draw->bbox.bottom, draw->clip.rects.size());
+      if (const auto* cp = std::get_if<qxlcmd::Copy>(&draw->payload); list && cp) {
+        const auto* bm =
+            cp->srcBitmap ? std::get_if<qxlcmd::Bitmap>(&cp->srcBitmap->payload) : nullptr;
+        fmt::print(
+            "  copy src type {} format/surface {} flags {} {}x{} area ({},{})-({},{}) scale {} "
+            "rop {} mask {}\n",
+            cp->srcBitmap ? cp->srcBitmap->type : -1,
+            bm ? bm->format
+            : cp->srcBitmap && std::holds_alternative<qxlcmd::SurfaceImage>(cp->srcBitmap->payload)
+                ? static_cast<int>(std::get<qxlcmd::SurfaceImage>(cp->srcBitmap->payload).surfaceId)
+                : -1,
+            bm ? bm->flags : -1, cp->srcBitmap ? cp->srcBitmap->width : 0,
+            cp->srcBitmap ? cp->srcBitmap->height : 0, cp->srcArea.left, cp->srcArea.top,
+            cp->srcArea.right, cp->srcArea.bottom, cp->scaleMode, cp->ropDescriptor,
+            cp->mask.bitmap.has_value());
+      }
+      if (const auto* tx = std::get_if<qxlcmd::Text>(&draw->payload); list && tx) {
+        fmt::print("  text flags {} glyphs {} back ({},{})-({},{}) fore brush {} mode {}\n",
+                   tx->str.flags, tx->str.length, tx->backArea.left, tx->backArea.top,
+                   tx->backArea.right, tx->backArea.bottom, tx->foreBrush.type, tx->foreMode);
+      }
+      if (const auto* f = std::get_if<qxlcmd::Fill>(&draw->payload); list && f) {
+        fmt::print("  fill brush type {} color {:#x} rop {} mask {}", f->brush.type, f->brush.color,
+                   f->ropDescriptor, f->mask.bitmap.has_value());
+        for (const auto& r : draw->clip.rects)
+          fmt::print(" clip ({},{})-({},{})", r.left, r.top, r.right, r.bottom);
+        fmt::print("\n");
+      }
+      if (const auto* r3 = std::get_if<qxlcmd::Rop3>(&draw->payload); list && r3) {
+        const auto* bm =
+            r3->srcBitmap ? std::get_if<qxlcmd::Bitmap>(&r3->srcBitmap->payload) : nullptr;
+        fmt::print(
+            "  rop3 {:#04x} src type {} format {} flags {} {}x{} area ({},{})-({},{}) "
+            "scale {} brush type {} color {:#x} mask {}\n",
+            r3->rop3, r3->srcBitmap ? r3->srcBitmap->type : -1, bm ? bm->format : -1,
+            bm ? bm->flags : -1, r3->srcBitmap ? r3->srcBitmap->width : 0,
+            r3->srcBitmap ? r3->srcBitmap->height : 0, r3->srcArea.left, r3->srcArea.top,
+            r3->srcArea.right, r3->srcArea.bottom, r3->scaleMode, r3->brush.type, r3->brush.color,
+            r3->mask.bitmap.has_value());
+      }
+      if (const auto* ab = std::get_if<qxlcmd::AlphaBlend>(&draw->payload); list && ab) {
+        const auto* bm =
+            ab->srcBitmap ? std::get_if<qxlcmd::Bitmap>(&ab->srcBitmap->payload) : nullptr;
+        fmt::print(
+            "  alpha-blend flags {} alpha {} src type {} format {} bitmap flags {} {}x{} "
+            "stride {} area ({},{})-({},{})\n",
+            ab->alphaFlags, ab->alpha, ab->srcBitmap ? ab->srcBitmap->type : -1,
+            bm ? bm->format : -1, bm ? bm->flags : -1, bm ? bm->x : 0, bm ? bm->y : 0,
+            bm ? bm->stride : 0, ab->srcArea.left, ab->srcArea.top, ab->srcArea.right,
+            ab->srcArea.bottom);
+      }
+      if (const auto* st = std::get_if<qxlcmd::Stroke>(&draw->payload); list && st) {
+        fmt::print("  stroke attr {} style [{}] fore {}:", st->attrFlags, fmt::join(st->style, " "),
+                   st->foreMode);
+        for (const auto& seg : st->path)
+          for (const auto& p : seg.points)
+            fmt::print(" ({},{})/16", p.x, p.y);
+        fmt::print("\n");
+      }
       result = raster.draw(*draw);
-    else if (const auto* surface = std::get_if<qxlcmd::SurfaceCmd>(&command.body))
+    } else if (const auto* surface = std::get_if<qxlcmd::SurfaceCmd>(&command.body)) {
+      if (list)
+        fmt::print("command {}: surface {} {} format {} {}x{}\n", commands, surface->surfaceId,
+                   surface->type == 0 ? "create" : "destroy", surface->format, surface->width,
+                   surface->height);
       result = raster.apply(*surface);
+    }
+    if (probe.size() == 3) {
+      static std::optional<uint32_t> seen;
+      const auto* ps = raster.surface(static_cast<uint32_t>(probe[0]));
+      std::optional<uint32_t> now;
+      if (ps && ps->image && probe[1] >= 0 && probe[2] >= 0 && probe[1] < ps->width &&
+          probe[2] < ps->height &&
+          PIXMAN_FORMAT_BPP(pixman_image_get_format(ps->image.get())) == 32)
+        now = pixman_image_get_data(
+            ps->image.get())[probe[2] * pixman_image_get_stride(ps->image.get()) / 4 + probe[1]];
+      if (now != seen)
+        fmt::print("probe after command {}: {:#010x}\n", commands, now.value_or(0));
+      seen = now;
+    }
     if (result) {
       const uint64_t n = ++failures;
       if ((n & (n - 1)) == 0)  // logged at 1, 2, 4, 8...

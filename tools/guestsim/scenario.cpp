@@ -284,15 +284,21 @@ class Builder {
     return draw(surfaceId, bbox, CopyBits{srcPos});
   }
 
-  // `text` glyphs in one row starting at the bbox's top-left; the bbox must hold them.
-  Command text(uint32_t surfaceId, const Rect& bbox, std::string_view chars, uint32_t color) {
+  // `text` glyphs in one row starting at the bbox's top-left, `advance` apart (less than
+  // GLYPH_W: they overlap); the bbox must hold them. `rasterFlags`: SPICE_STRING_FLAGS_RASTER_A1,
+  // _A4 or _A8 (anti-aliased glyphs: coverage fading out around each set pixel).
+  Command text(uint32_t surfaceId, const Rect& bbox, std::string_view chars, uint32_t color,
+               uint32_t rasterFlags = SPICE_STRING_FLAGS_RASTER_A1, int32_t advance = GLYPH_W) {
     Text t;
     t.str.length = static_cast<uint16_t>(chars.size());
-    t.str.flags = SPICE_STRING_FLAGS_RASTER_A1;
+    t.str.flags = static_cast<uint8_t>(rasterFlags);
+    const unsigned bpp = rasterFlags == SPICE_STRING_FLAGS_RASTER_A8   ? 8
+                         : rasterFlags == SPICE_STRING_FLAGS_RASTER_A4 ? 4
+                                                                       : 1;
     int32_t x = bbox.left;
     for (char ch : chars) {
-      appendGlyph(t.str.data, Point{x, bbox.top + GLYPH_H}, static_cast<uint8_t>(ch));
-      x += GLYPH_W;
+      appendGlyph(t.str.data, Point{x, bbox.top + GLYPH_H}, static_cast<uint8_t>(ch), bpp);
+      x += advance;
     }
     t.backArea = bbox;
     t.foreBrush = solid(color);
@@ -435,7 +441,8 @@ class Builder {
  private:
   // One QXLRasterGlyph (render_pos, glyph_origin, width, height, rows) for character `ch`,
   // drawn as a box with a pattern from the character code, so text looks like text.
-  static void appendGlyph(std::vector<uint8_t>& out, Point renderPos, uint8_t ch) {
+  static void appendGlyph(std::vector<uint8_t>& out, Point renderPos, uint8_t ch,
+                          unsigned bpp = 1) {
     auto put32 = [&out](int32_t v) {
       uint8_t b[4];
       std::memcpy(b, &v, 4);
@@ -449,12 +456,37 @@ class Builder {
     uint8_t b[4];
     std::memcpy(b, wh, 4);
     out.insert(out.end(), b, b + 4);
-    for (int32_t y = 0; y < GLYPH_H; ++y) {
-      uint8_t row = 0;
-      if (ch != ' ' && y >= 2 && y < GLYPH_H - 2) {
-        row = static_cast<uint8_t>(0x42 | ((ch * (y + 3)) & 0x3c));
+    auto bits = [ch](int32_t y) -> uint8_t {
+      if (ch == ' ' || y < 2 || y >= GLYPH_H - 2) {
+        return 0;
       }
-      out.push_back(row);
+      return static_cast<uint8_t>(0x42 | ((ch * (y + 3)) & 0x3c));
+    };
+    for (int32_t y = 0; y < GLYPH_H; ++y) {
+      if (bpp == 1) {
+        out.push_back(bits(y));
+        continue;
+      }
+      // Full coverage on the set pixels, partial beside them, a little everywhere else.
+      uint8_t cover[GLYPH_W];
+      for (int32_t x = 0; x < GLYPH_W; ++x) {
+        const auto on = [&](int32_t xx, int32_t yy) {
+          return xx >= 0 && xx < GLYPH_W && ((bits(yy) >> (7 - xx)) & 1);
+        };
+        const unsigned max = bpp == 8 ? 255 : 15;
+        cover[x] = static_cast<uint8_t>(
+            on(x, y)                                                             ? max
+            : on(x - 1, y) || on(x + 1, y) || on(x, y - 1) || on(x, y + 1)       ? max * 2 / 5
+            : (static_cast<unsigned>(ch) * 7 + static_cast<unsigned>(x + y)) % 3 ? 0
+                                                                                 : max / 15);
+      }
+      if (bpp == 8) {
+        out.insert(out.end(), cover, cover + GLYPH_W);
+      } else {
+        for (int32_t x = 0; x < GLYPH_W; x += 2) {
+          out.push_back(static_cast<uint8_t>(cover[x] << 4 | cover[x + 1]));
+        }
+      }
     }
   }
 
@@ -663,6 +695,16 @@ std::span<const uint32_t> surfaceFormats(bool referenceOnly) {
   return ALL_SURFACE_FORMATS;
 }
 // Surface id (1-based position) of `format` in `formats`, or of the last one if absent.
+// Whether ROP3 code `rop3` reads all three of pattern (0xf0), source (0xcc) and destination
+// (0xaa): libspice-server's canvas (spice-common rop3.c) has handlers for exactly those 218 codes
+// and aborts the server ("not implemented") on the 38 others (ScenarioOptions::
+// referenceFormatsOnly).
+bool rop3ReadsAllOperands(uint8_t rop3) {
+  const bool readsPattern = ((rop3 >> 4) & 0x0f) != (rop3 & 0x0f);
+  const bool readsSource = ((rop3 >> 2) & 0x33) != (rop3 & 0x33);
+  const bool readsDest = ((rop3 >> 1) & 0x55) != (rop3 & 0x55);
+  return readsPattern && readsSource && readsDest;
+}
 uint32_t surfaceIdOf(std::span<const uint32_t> formats, uint32_t format) {
   auto it = std::find(formats.begin(), formats.end(), format);
   return static_cast<uint32_t>((it == formats.end() ? formats.size() - 1 : it - formats.begin()) +
@@ -852,7 +894,7 @@ class AllDrawsScenario final : public QueuedScenario {
     masked.brush = Builder::solid(0x0000ff);
     masked.ropDescriptor = SPICE_ROPD_OP_PUT;
     masked.mask = b_.mask(48, 48, false);
-    push(Builder::draw(0, cell(n++), std::move(masked)));
+    push(Builder::draw(0, cell(n++), std::move(masked), QXL_EFFECT_BLEND));
 
     Copy maskedCopy;
     maskedCopy.srcBitmap = b_.bitmap(SPICE_BITMAP_FMT_32BIT, 48, 48, 49);
@@ -920,6 +962,7 @@ class StressScenario final : public QueuedScenario {
       : QueuedScenario(options),
         rng_(options.seed),
         rate_(options.rate > 0 ? options.rate : DEFAULT_RATE),
+        referenceOnly_(options.referenceFormatsOnly),
         formats_(bitmapFormats(options.referenceFormatsOnly)),
         surfaceFormats_(surfaceFormats(options.referenceFormatsOnly)) {}
   double commandsPerSecond() const override { return rate_; }
@@ -1066,7 +1109,12 @@ class StressScenario final : public QueuedScenario {
         if (auto m = maybeMask(bbox)) {
           f.mask = std::move(*m);
         }
-        cmd = Builder::draw(t.id, bbox, std::move(f));
+        // QXL_EFFECT_OPAQUE promises that the draw covers its area whatever was there:
+        // libspice-server then drops the draws below it unrendered, so only a plain PUT says so.
+        const uint8_t effect = f.ropDescriptor == SPICE_ROPD_OP_PUT && !f.mask.bitmap
+                                   ? QXL_EFFECT_OPAQUE
+                                   : QXL_EFFECT_BLEND;
+        cmd = Builder::draw(t.id, bbox, std::move(f), effect);
         break;
       }
       case QXL_DRAW_COPY: {
@@ -1095,7 +1143,8 @@ class StressScenario final : public QueuedScenario {
         if (auto m = maybeMask(bbox)) {
           c.mask = std::move(*m);
         }
-        cmd = Builder::draw(t.id, bbox, std::move(c));
+        const uint8_t effect = c.mask.bitmap ? QXL_EFFECT_BLEND : QXL_EFFECT_OPAQUE;
+        cmd = Builder::draw(t.id, bbox, std::move(c), effect);
         break;
       }
       case QXL_DRAW_OPAQUE: {
@@ -1128,10 +1177,11 @@ class StressScenario final : public QueuedScenario {
       case QXL_DRAW_WHITENESS:
       case QXL_DRAW_INVERS: {
         QMask m = maybeMask(bbox).value_or(QMask{});
+        const uint8_t effect = m.bitmap ? QXL_EFFECT_BLEND : QXL_EFFECT_OPAQUE;
         if (kind == QXL_DRAW_BLACKNESS) {
-          cmd = Builder::draw(t.id, bbox, Blackness{std::move(m)});
+          cmd = Builder::draw(t.id, bbox, Blackness{std::move(m)}, effect);
         } else if (kind == QXL_DRAW_WHITENESS) {
-          cmd = Builder::draw(t.id, bbox, Whiteness{std::move(m)});
+          cmd = Builder::draw(t.id, bbox, Whiteness{std::move(m)}, effect);
         } else {
           cmd = Builder::draw(t.id, bbox, Invers{std::move(m)}, QXL_EFFECT_REVERT_ON_DUP);
         }
@@ -1144,26 +1194,68 @@ class StressScenario final : public QueuedScenario {
         r.srcArea = area;
         r.brush = randomBrush();
         r.rop3 = static_cast<uint8_t>(rng_());
+        while (referenceOnly_ && !rop3ReadsAllOperands(r.rop3)) {
+          r.rop3 = static_cast<uint8_t>(rng_());
+        }
+        // libspice-server starts a ROP3's pattern at (bbox - pattern pos) % pattern size with
+        // C's %, so a pattern position right of or below the bbox's corner makes it read before
+        // the pattern's pixels (the row above; before row 0, outside the image). Keep the
+        // reference inside its pattern.
+        if (referenceOnly_ && r.brush.type == SPICE_BRUSH_TYPE_PATTERN) {
+          r.brush.patternPos.x = std::min(r.brush.patternPos.x, bbox.left);
+          r.brush.patternPos.y = std::min(r.brush.patternPos.y, bbox.top);
+        }
         cmd = Builder::draw(t.id, bbox, std::move(r), QXL_EFFECT_BLEND);
         break;
       }
       case QXL_DRAW_STROKE: {
+        // 1 to 3 path segments (lines or cubic curves) on 28.4 points with fractions, now and
+        // then reaching outside the bbox and the surface; dashed with and without a leading
+        // gap; other ROPs than PUT and brushes other than solid colours.
         Stroke s;
-        uint32_t count = 2 + below(6);
-        std::vector<Point> pts;
-        for (uint32_t i = 0; i < count; ++i) {
-          pts.push_back(Point{(bbox.left + int32_t(below(uint32_t(rectW(bbox))))) << 4,
-                              (bbox.top + int32_t(below(uint32_t(rectH(bbox))))) << 4});
+        const int32_t reach = chance(10) ? 64 : 0;
+        auto point = [&]() {
+          return Point{
+              (bbox.left - reach) * 16 + int32_t(below(uint32_t(rectW(bbox) + 2 * reach) * 16)),
+              (bbox.top - reach) * 16 + int32_t(below(uint32_t(rectH(bbox) + 2 * reach) * 16))};
+        };
+        const uint32_t segments = 1 + below(3);
+        for (uint32_t n = 0; n < segments; ++n) {
+          PathSegment seg;
+          seg.flags = n == 0 ? uint32_t(SPICE_PATH_BEGIN) : 0u;
+          if (n + 1 == segments) {
+            seg.flags |= SPICE_PATH_END | (chance(30) ? uint32_t(SPICE_PATH_CLOSE) : 0u);
+          }
+          const bool bezier = n > 0 && chance(40);
+          const uint32_t count = bezier ? 3 * (1 + below(2)) : (n == 0 ? 2 : 1) + below(5);
+          if (bezier) {
+            seg.flags |= SPICE_PATH_BEZIER;
+          }
+          for (uint32_t i = 0; i < count; ++i) {
+            seg.points.push_back(point());
+          }
+          s.path.push_back(std::move(seg));
         }
-        s.path.push_back(PathSegment{
-            SPICE_PATH_BEGIN | SPICE_PATH_END | (chance(30) ? uint32_t(SPICE_PATH_CLOSE) : 0u),
-            std::move(pts)});
         if (chance(40)) {
           s.attrFlags = SPICE_LINE_FLAGS_STYLED;
-          s.style = {int32_t(1 + below(8)) << 4, int32_t(1 + below(8)) << 4};
+          if (chance(30)) {
+            s.attrFlags |= SPICE_LINE_FLAGS_START_WITH_GAP;
+          }
+          // The first dash at least a pixel: an all-zero pattern hangs libspice-server.
+          s.style = {int32_t(16 + below(12 * 16))};
+          for (uint32_t n = 1 + below(5); n > 0; --n) {
+            s.style.push_back(int32_t(below(12 * 16)));
+          }
         }
-        s.brush = Builder::solid(color());
-        s.foreMode = SPICE_ROPD_OP_PUT;
+        const uint32_t brush = below(100);
+        s.brush = brush < 80   ? Builder::solid(color())
+                  : brush < 95 ? b_.pattern(below(64))
+                               : Brush{SPICE_BRUSH_TYPE_NONE, 0, std::nullopt, Point{}};
+        const uint32_t mode = below(100);
+        s.foreMode = mode < 60   ? SPICE_ROPD_OP_PUT
+                     : mode < 80 ? SPICE_ROPD_OP_XOR
+                     : mode < 90 ? SPICE_ROPD_OP_OR | SPICE_ROPD_INVERS_BRUSH
+                                 : SPICE_ROPD_OP_AND | SPICE_ROPD_INVERS_DEST;
         s.backMode = SPICE_ROPD_OP_PUT;
         cmd = Builder::draw(t.id, bbox, std::move(s), QXL_EFFECT_BLEND);
         break;
@@ -1181,7 +1273,26 @@ class StressScenario final : public QueuedScenario {
         int32_t w = int32_t(count) * GLYPH_W;
         bbox = rectXYWH(int32_t(below(t.w - uint32_t(w) + 1)),
                         int32_t(below(t.h - uint32_t(GLYPH_H) + 1)), w, GLYPH_H);
-        cmd = b_.text(t.id, bbox, chars, color());
+        // 1, 4 and 8 bit glyphs (the last two anti-aliased), sometimes overlapping; without a
+        // back area now and then, where the fore brush goes OVER whatever fore_mode says.
+        // libspice-server reads A8 glyphs one row off (each glyph's top row from the bytes
+        // after its data, its first row never), so reference recordings have no A8 text.
+        const uint32_t depth = below(100);
+        uint32_t flags = depth < 50   ? SPICE_STRING_FLAGS_RASTER_A1
+                         : depth < 75 ? SPICE_STRING_FLAGS_RASTER_A4
+                                      : SPICE_STRING_FLAGS_RASTER_A8;
+        if (referenceOnly_ && flags == SPICE_STRING_FLAGS_RASTER_A8) {
+          flags = SPICE_STRING_FLAGS_RASTER_A4;
+        }
+        cmd = b_.text(t.id, bbox, chars, color(), flags, chance(20) ? GLYPH_W - 3 : GLYPH_W);
+        Text& tx = std::get<Text>(std::get<Drawable>(cmd.body).payload);
+        if (chance(40)) {
+          tx.backArea = Rect{};
+          tx.foreMode = chance(50) ? SPICE_ROPD_OP_PUT : SPICE_ROPD_OP_XOR;
+        }
+        if (chance(15)) {
+          tx.foreBrush = b_.pattern(below(64));
+        }
         break;
       }
       case QXL_DRAW_TRANSPARENT: {
@@ -1230,6 +1341,7 @@ class StressScenario final : public QueuedScenario {
 
   std::mt19937_64 rng_;
   double rate_;
+  bool referenceOnly_;  // only what libspice-server renders (ScenarioOptions::referenceFormatsOnly)
   std::span<const uint8_t> formats_;          // the bitmap formats sources are drawn from
   std::span<const uint32_t> surfaceFormats_;  // the formats offscreen surfaces are made in
   bool started_ = false;

@@ -27,10 +27,12 @@ struct ScenarioOptions {
   uint64_t seed = 1;         // stress: the random sequence; same seed, same stream
   uint64_t maxCommands = 0;  // 0: the scenario's own length (desktop and stress: unbounded)
   double rate = 0;           // stress: commands per second (--rate); 0: the scenario's default
-  // Bitmap sources only in the formats libspice-server's canvas renders (1 bpp and 4 bpp
-  // big-endian, 8, 16, 24, 32 bpp, RGBA): it aborts the whole server on 1BIT_LE, 4BIT_LE and
-  // 8BIT_A sources. For recordings that the libspice-server oracle must render
-  // (--reference-formats); spicebox itself renders every format.
+  // Only what libspice-server's canvas renders as spicebox does, for recordings the oracle
+  // must render (--reference-formats); spicebox itself renders all of it. Bitmap sources in
+  // 1 bpp and 4 bpp big-endian, 8, 16, 24, 32 bpp and RGBA (it aborts on 1BIT_LE, 4BIT_LE and
+  // 8BIT_A), 32 bpp surfaces, ROP3 codes that read all three operands (no handler for the
+  // others: abort), ROP3 pattern positions not past the bbox's corner (it reads before the
+  // pattern), no A8 text (read one row off). docs/architecture.md has the details.
   bool referenceFormatsOnly = false;
 };
 
