@@ -499,6 +499,8 @@ void Driver::createPrimary(const IoEvent& io) {
   primary_ = *block;
   primaryWidth_ = s.width;
   primaryHeight_ = s.height;
+  primaryStride_ = s.stride;
+  primaryFormat_ = s.format;
   vmm_.ioWrite(QXL_IO_CREATE_PRIMARY_ASYNC, 0, true);
 }
 
@@ -537,6 +539,24 @@ void Driver::updatePrimary() {
   storeField(base, offsetof(QXLRam, update_area), area);
   storeField(base, offsetof(QXLRam, update_surface), uint32_t{0});
   vmm_.ioWrite(QXL_IO_UPDATE_AREA_ASYNC, 0, true);
+}
+
+std::optional<PrimarySnapshot> Driver::snapshotPrimary() {
+  if (!primary_)
+    return std::nullopt;
+  updatePrimary();  // waits for the device's completion
+  ++stats_.snapshots;
+  PrimarySnapshot snapshot;
+  snapshot.width = primaryWidth_;
+  snapshot.height = primaryHeight_;
+  snapshot.stride = primaryStride_;
+  snapshot.format = primaryFormat_;
+  // createPrimary() checked height * |stride| against the VRAM BAR and allocated that much.
+  const uint64_t absStride = primaryStride_ < 0 ? -static_cast<int64_t>(primaryStride_)
+                                                : static_cast<uint64_t>(primaryStride_);
+  const auto* from = reinterpret_cast<const uint8_t*>(primary_->host);
+  snapshot.bytes.assign(from, from + absStride * primaryHeight_);
+  return snapshot;
 }
 
 void Driver::monitorsConfig() {

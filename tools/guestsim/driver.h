@@ -29,6 +29,16 @@
 
 namespace spicebox::guestsim {
 
+// The primary's pixels as the guest reads them back after QXL_IO_UPDATE_AREA of the whole
+// surface: `bytes` is the allocation (height * |stride|, lowest address first; with a negative
+// stride the top row is the last one in memory).
+struct PrimarySnapshot {
+  uint32_t width = 0, height = 0;
+  int32_t stride = 0;
+  uint32_t format = 0;  // SPICE_SURFACE_FMT_*
+  std::vector<uint8_t> bytes;
+};
+
 // How many times a command that does not fit is retried after reclaiming (and, from the second
 // round on, after QXL_IO_NOTIFY_OOM and waiting for releases) before the run gives up.
 inline constexpr int MAX_OOM_ROUNDS = 64;
@@ -43,6 +53,7 @@ struct DriverStats {
   uint64_t oomNotifications = 0;
   uint64_t interrupts = 0;
   uint64_t deviceErrors = 0;                       // QXL_INTERRUPT_ERROR seen
+  uint64_t snapshots = 0;                          // snapshotPrimary() read-backs
   std::map<std::string, uint64_t> commandsByType;  // "DRAW", "SURFACE", ...
   std::map<std::string, uint64_t> ioByName;        // performed, by recorded worker message name
   std::map<std::string, uint64_t> skippedByName;   // skipped, same names
@@ -66,6 +77,11 @@ class Driver {
   // Waits until every submitted command was released. Throws VmmError naming the first command
   // still outstanding when the device stops releasing.
   void drain();
+  // What a guest does to read its screen: QXL_IO_UPDATE_AREA of the whole primary (the device
+  // answers once every earlier command is drawn and the pixels are in guest memory), then a copy
+  // of the primary's memory. nullopt when there is no primary. Not recorded, not counted as an
+  // IoEvent (stats().snapshots).
+  std::optional<PrimarySnapshot> snapshotPrimary();
 
   const DriverStats& stats() const { return stats_; }
   size_t outstanding() const { return pending_.size(); }
@@ -103,6 +119,8 @@ class Driver {
   std::vector<GuestBlock> orphanedSurfaces_;  // re-created ids; freed at DestroyAllSurfaces
   std::optional<GuestBlock> primary_;
   uint32_t primaryWidth_ = 0, primaryHeight_ = 0;
+  int32_t primaryStride_ = 0;
+  uint32_t primaryFormat_ = 0;
   std::optional<GuestBlock> monitorsConfig_;
   DriverStats stats_;
 };

@@ -12,9 +12,12 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "base/log.h"
+#include "tests/oracle/png-image.h"
 #include "tools/guestsim/driver.h"
 #include "tools/guestsim/scenario.h"
 #include "tools/guestsim/spice-record-writer.h"
@@ -41,7 +44,28 @@ struct Options {
   uint64_t ramMiB = 64;
   uint64_t vramMiB = 64;
   std::string logLevel;
+  // Read-backs of the primary (Driver::snapshotPrimary) written as PREFIX-N.png, N the number of
+  // commands submitted before it: after every K-th, after the ones listed, after the last.
+  std::string snapshotPrefix;
+  uint64_t snapshotEvery = 0;
+  std::vector<uint64_t> snapshotAt;
+  bool snapshotLast = false;
 };
+
+// An IoEvent after which the primary shown so far is gone (or replaced).
+bool endsPrimary(const IoEvent& io) {
+  switch (io.message) {
+    case WorkerMessage::CreatePrimarySurface:
+    case WorkerMessage::CreatePrimarySurfaceAsync:
+    case WorkerMessage::DestroyPrimarySurface:
+    case WorkerMessage::DestroyPrimarySurfaceAsync:
+    case WorkerMessage::DestroySurfaces:
+    case WorkerMessage::DestroySurfacesAsync:
+      return true;
+    default:
+      return false;
+  }
+}
 
 // Where the guest's actions come from; reopened for each --loop pass.
 class ActionSource {
@@ -132,6 +156,8 @@ std::string summaryLine(const DriverStats& s) {
     line += fmt::format("; oom notifications: {}", s.oomNotifications);
   if (s.deviceErrors)
     line += fmt::format("; device errors: {}", s.deviceErrors);
+  if (s.snapshots)
+    line += fmt::format("; snapshots: {}", s.snapshots);
   return line;
 }
 
@@ -211,6 +237,8 @@ class Run {
     uint64_t actionsThisPass = 0;
     for (;;) {
       std::optional<GuestAction> action = source->next();
+      if (!action && o_.snapshotLast)
+        snapshot(submitted);
       if (!action) {
         if (!o_.loop)
           return false;
@@ -242,14 +270,48 @@ class Run {
             vmm_->pause(std::chrono::ceil<std::chrono::milliseconds>(due - now));
         }
       }
-      if (perform(*action) && isCommand)
+      // The last picture before the primary goes: what --snapshot-last means when the source
+      // ends by destroying it (the screen a user saw last).
+      if (!isCommand && o_.snapshotLast && endsPrimary(std::get<IoEvent>(*action)))
+        snapshot(submitted);
+      if (perform(*action) && isCommand) {
         ++submitted;
+        if (snapshotWanted(submitted))
+          snapshot(submitted);
+      }
       if (!vmm_ && (actionsThisPass & 255) == 0) {
         uv_run(loop_, UV_RUN_NOWAIT);  // offline: notice SIGTERM now and then
         if (stop_.requested())
           throw StopRequested();
       }
     }
+  }
+
+  bool snapshotWanted(uint64_t submitted) const {
+    if (o_.snapshotPrefix.empty())
+      return false;
+    return (o_.snapshotEvery != 0 && submitted % o_.snapshotEvery == 0) ||
+           snapshotAt_.count(submitted) != 0;
+  }
+
+  // Reads the primary back after `submitted` commands and writes it as PNG; once per count.
+  void snapshot(uint64_t submitted) {
+    if (!driver_ || o_.snapshotPrefix.empty() || submitted == 0 || submitted == lastSnapshot_)
+      return;
+    auto taken = driver_->snapshotPrimary();
+    if (!taken)
+      return;  // no primary: nothing on the screen to read
+    lastSnapshot_ = submitted;
+    spicebox::oracle::SurfaceView view{taken->bytes.data(), taken->bytes.size(), taken->width,
+                                       taken->height,       taken->stride,       taken->format};
+    auto rgb = spicebox::oracle::surfaceToRgb(view);
+    if (auto* error = std::get_if<std::string>(&rgb))
+      throw VmmError(
+          fmt::format("cannot convert the primary after {} commands: {}", submitted, *error));
+    const std::string path = fmt::format("{}-{}.png", o_.snapshotPrefix, submitted);
+    if (auto error = spicebox::oracle::writePng(path, std::get<spicebox::oracle::RgbImage>(rgb));
+        !error.empty())
+      throw VmmError(fmt::format("cannot write the snapshot {}: {}", path, error));
   }
 
   bool perform(const GuestAction& action) {
@@ -276,6 +338,8 @@ class Run {
   uv_loop_t* loop_;
   const StopSignals& stop_;
   std::unique_ptr<RecordWriter> writer_;
+  std::set<uint64_t> snapshotAt_{o_.snapshotAt.begin(), o_.snapshotAt.end()};
+  uint64_t lastSnapshot_ = 0;
   // Declared after vmm_, so destroyed first: it unregisters its interrupt handler from the VMM.
   std::unique_ptr<Vmm> vmm_;
   std::unique_ptr<Driver> driver_;
@@ -365,6 +429,16 @@ int main(int argc, char** argv) {
   app.add_option("--vram-size", o.vramMiB, "VRAM BAR size in MiB")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  app.add_option("--snapshot-prefix", o.snapshotPrefix,
+                 "Read the primary back (QXL_IO_UPDATE_AREA of all of it, then guest memory) and "
+                 "write it as PREFIX-N.png, N the commands submitted so far; when with "
+                 "--snapshot-every/-at/-last");
+  app.add_option("--snapshot-every", o.snapshotEvery, "A snapshot after every K-th command")
+      ->check(CLI::Range(uint64_t{1}, UINT64_MAX));
+  app.add_option("--snapshot-at", o.snapshotAt, "Snapshots after these commands (N,N,...)")
+      ->delimiter(',');
+  app.add_flag("--snapshot-last", o.snapshotLast,
+               "A snapshot after the last command (before a trailing primary destroy)");
   app.add_option("--log-level", o.logLevel,
                  "trace, debug, info, warn or error (default: info, or $SPICEBOX_LOG)")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -376,6 +450,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   bool linked = o.vmmFd >= 0 || !o.vmmSocket.empty();
+  const bool snapshotsAsked = o.snapshotEvery != 0 || !o.snapshotAt.empty() || o.snapshotLast;
+  if (snapshotsAsked != !o.snapshotPrefix.empty()) {
+    spdlog::error(
+        "--snapshot-prefix and --snapshot-every/--snapshot-at/--snapshot-last go together: "
+        "the prefix names the files, the others say when");
+    return 2;
+  }
+  if (snapshotsAsked && !linked) {
+    spdlog::error("snapshots read the primary back from a device: pass --vmm-socket or --vmm-fd");
+    return 2;
+  }
   if (!linked) {
     if (o.recordOut.empty()) {
       spdlog::error(
