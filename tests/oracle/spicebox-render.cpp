@@ -147,10 +147,14 @@ int main(int argc, char** argv) {
     ++commands;
     renderer::RasterResult result;
     if (const auto* draw = std::get_if<qxlcmd::Drawable>(&command.body)) {
-      if (list)
-        fmt::print("command {}: draw type {} surface {} bbox ({},{})-({},{}) clip {}\n", commands,
+      if (list) {
+        fmt::print("command {}: draw type {} surface {} bbox ({},{})-({},{}) clip {}", commands,
                    draw->type, draw->surfaceId, draw->bbox.left, draw->bbox.top, draw->bbox.right,
                    draw->bbox.bottom, draw->clip.rects.size());
+        for (const auto& r : draw->clip.rects)
+          fmt::print(" ({},{})-({},{})", r.left, r.top, r.right, r.bottom);
+        fmt::print("\n");
+      }
       if (const auto* cp = std::get_if<qxlcmd::Copy>(&draw->payload); list && cp) {
         const auto* bm =
             cp->srcBitmap ? std::get_if<qxlcmd::Bitmap>(&cp->srcBitmap->payload) : nullptr;
