@@ -375,7 +375,8 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
         updateArea(item.getUpdateArea());
         break;
       case WorkItem::MONITORS_CONFIG:
-        // TODO(issue-4): copy QXLMonitorsConfig (translate, copy once, bound count by max_allowed).
+        // TODO(issue-5): copy QXLMonitorsConfig (translate, copy once, bound count by max_allowed)
+        // and report it for the display channel's MONITORS_CONFIG.
         break;
       case WorkItem::MEMSLOTS:
         loadMemslots(item.getMemslots());
