@@ -364,5 +364,8 @@ TEST_CASE("all-draws through the broker, recorded with --record-out, read by lib
 
 TEST_CASE("stress through the broker, recorded with --record-out, read by libspice-server",
           "[replay][oracle]") {
-  recordScenarioThroughBroker("stress", {"--count", "3000", "--seed", "11"}, 0);
+  // Seed 11 draws an XOR stroke whose clip splits a span across two boxes: libspice-server's span
+  // clipper loses one span and fills another twice there (docs/architecture.md, pixel-exactness),
+  // spicebox draws the clipped line. The issue's tolerance for strokes: 2 of 786432 pixels.
+  recordScenarioThroughBroker("stress", {"--count", "3000", "--seed", "11"}, 1);
 }
