@@ -5,9 +5,11 @@
 // from guest memory, guestsim's RecordReader from a file).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <variant>
 #include <vector>
 
@@ -42,11 +44,25 @@ struct Bitmap {
   uint32_t stride = 0;
   std::optional<Palette> palette;
   uint32_t chunkCount = 1;    // how many QXLDataChunks carried the data
-  std::vector<uint8_t> data;  // y * stride bytes, checked
+  std::vector<uint8_t> data;  // y * stride bytes, checked (owned; empty when `view` is used)
+  // The renderer's decoder, for data that lies in one chunk: the validated guest range, read in
+  // place (pixel values only; see docs/architecture.md, "copy -> validate -> use"). Valid while
+  // the guest mapping is, i.e. for the command being drawn. Builders of owned trees leave it empty.
+  std::span<const uint8_t> view;
   // Sizes of the QXLDataChunks the data arrived in, when more than one;
   // empty means one chunk. Kept so a writer can reproduce the file.
   std::vector<uint32_t> chunkSizes;
-  bool operator==(const Bitmap&) const = default;
+  // The pixel bytes, wherever they are: `view` when set, else `data`.
+  std::span<const uint8_t> bytes() const {
+    return view.data() != nullptr ? view : std::span<const uint8_t>(data);
+  }
+  // Equal content: bytes compared, not where they are held.
+  bool operator==(const Bitmap& o) const {
+    const auto a = bytes(), b = o.bytes();
+    return format == o.format && flags == o.flags && x == o.x && y == o.y && stride == o.stride &&
+           palette == o.palette && chunkCount == o.chunkCount && chunkSizes == o.chunkSizes &&
+           std::equal(a.begin(), a.end(), b.begin(), b.end());
+  }
 };
 struct SurfaceImage {
   uint32_t surfaceId = 0;

@@ -900,5 +900,79 @@ TEST_CASE("memory-changes-while-read", "[decode][hostile]") {
   CHECK(commands > 20);
 }
 
+// ---------------------------------------------------------------- pixels read in place
+
+const Bitmap& copyBitmap(const Command& cmd) {
+  const auto& c = std::get<Copy>(std::get<Drawable>(cmd.body).payload);
+  return std::get<Bitmap>(c.srcBitmap->payload);
+}
+
+TEST_CASE("one-chunk-source-pixels-are-a-view-of-guest-memory", "[decode]") {
+  TestGuest g;
+  Materialised m = g.put(copyOf(bitmapImage(SPICE_BITMAP_FMT_32BIT, 2, 2)));
+  auto a = copyAddrs(g, m);
+  const auto* pixels = reinterpret_cast<const uint8_t*>(g.host(a.data) + sizeof(QXLDataChunk));
+  auto result = decode(g, m);
+  const Bitmap& bm = copyBitmap(decoded(result));
+  CHECK(bm.data.empty());
+  REQUIRE(bm.bytes().size() == 16);
+  CHECK(bm.bytes().data() == pixels);
+  CHECK(bm.chunkCount == 1);
+  // The guest changing a pixel changes what is drawn, never a size or an address.
+  g.poke<uint8_t>(a.data + sizeof(QXLDataChunk) + 5, 0x77);
+  CHECK(bm.bytes()[5] == 0x77);
+  CHECK(bm.bytes().size() == 16);
+
+  SECTION("flat (DIRECT) data too") {
+    auto img = g.peek<QXLImage>(a.image);
+    img.bitmap.flags |= QXL_BITMAP_DIRECT;
+    img.bitmap.data = a.data + sizeof(QXLDataChunk);
+    g.poke(a.image, img);
+    auto direct = decode(g, m);
+    const Bitmap& db = copyBitmap(decoded(direct));
+    CHECK(db.data.empty());
+    CHECK(db.bytes().data() == pixels);
+  }
+  SECTION("flat data ending past the slot is refused, as a copy would be") {
+    auto img = g.peek<QXLImage>(a.image);
+    img.bitmap.flags |= QXL_BITMAP_DIRECT;
+    img.bitmap.data = g.ram(RAM_SIZE - 16 + 1);
+    g.poke(a.image, img);
+    CHECK(errorOf(decode(g, m)) == DecodeErrorKind::AddressOutsideSlot);
+  }
+}
+
+TEST_CASE("multi-chunk-pixels-and-masks-are-copied", "[decode]") {
+  TestGuest g;
+  {
+    Materialised m = g.put(copyOf(bitmapImage(SPICE_BITMAP_FMT_32BIT, 2, 2, {8, 8})));
+    auto result = decode(g, m);
+    const Bitmap& bm = copyBitmap(decoded(result));
+    CHECK(bm.view.empty());
+    CHECK(bm.data.size() == 16);
+    CHECK(bm.bytes().data() == bm.data.data());
+    g.release(m);
+  }
+  Image mask;
+  mask.type = SPICE_IMAGE_TYPE_BITMAP;
+  mask.width = 8;
+  mask.height = 2;
+  Bitmap& mb = mask.payload.emplace<Bitmap>();
+  mb.format = SPICE_BITMAP_FMT_1BIT_BE;
+  mb.x = 8;
+  mb.y = 2;
+  mb.stride = 1;
+  mb.data = {0x81, 0x18};
+  Fill f;
+  f.ropDescriptor = SPICE_ROPD_OP_PUT;
+  f.brush.type = SPICE_BRUSH_TYPE_SOLID;
+  f.mask.bitmap = mask;
+  Materialised m = g.put(draw(f));
+  auto result = decode(g, m);
+  const auto& back = std::get<Fill>(std::get<Drawable>(decoded(result).body).payload);
+  const Bitmap& got = std::get<Bitmap>(back.mask.bitmap->payload);
+  CHECK(got.view.empty());
+  CHECK(got.data == std::vector<uint8_t>{0x81, 0x18});
+}
 }  // namespace
 }  // namespace spicebox::renderer

@@ -118,6 +118,26 @@ class Decoder {
     }
   }
 
+  // [addr, addr + size) translated whole and returned in place, not read: for pixel values
+  // only (never a value that steers a read). Counted against MAX_COMMAND_BYTES like a copy.
+  std::span<const uint8_t> view(uint64_t addr, size_t size, const char* what) {
+    if (size > MAX_COMMAND_BYTES - copied_)
+      fail(DecodeErrorKind::CommandTooLarge,
+           fmt::format("{} of {} bytes takes the command above MAX_COMMAND_BYTES ({} bytes)", what,
+                       size, MAX_COMMAND_BYTES));
+    copied_ += size;
+    auto located = mem_.locate(addr, size);
+    if (auto* error = std::get_if<DecodeError>(&located)) {
+      error->detail = fmt::format("{} at {:#x} ({} bytes): {}", what, addr, size, error->detail);
+      throw DecodeFailure{std::move(*error)};
+    }
+    const auto bytes = std::get<std::span<std::byte>>(located);
+    if (bytes.size() != size)
+      fail(DecodeErrorKind::AddressOutsideSlot,
+           fmt::format("{} at {:#x}: {} bytes located, {} asked", what, addr, bytes.size(), size));
+    return {reinterpret_cast<const uint8_t*>(bytes.data()), size};
+  }
+
   template <typename T>
   T read(uint64_t addr, const char* what) {
     static_assert(std::is_trivially_copyable_v<T>);
@@ -237,14 +257,27 @@ class Decoder {
              fmt::format("{} bpp bitmap with a palette of {} entries, {} needed", bits,
                          bm.palette->entries.size(), size_t{1} << bits));
     }
+    // A source's pixels in one piece are read in place (`view`): only their values reach the
+    // rasteriser, each read once, so a guest changing them mid-draw changes what is drawn, never
+    // where anything is read or written. Masks and multi-chunk data are copied.
+    const bool inPlace = role == ImageRole::Source && size > 0;
     if (q.flags & QXL_BITMAP_DIRECT) {
-      bm.data.resize(size);
-      copy(q.data, size, bm.data.data(), "flat bitmap data");
+      if (inPlace) {
+        bm.view = view(q.data, size, "flat bitmap data");
+      } else {
+        bm.data.resize(size);
+        copy(q.data, size, bm.data.data(), "flat bitmap data");
+      }
       bm.chunkCount = 1;
     } else {
       auto first = read<QXLDataChunk>(q.data, "bitmap data chunk");
-      bm.data = chain(q.data, first, size, DecodeErrorKind::BitmapDataShort, "bitmap data",
-                      bm.chunkSizes, &bm.chunkCount);
+      if (inPlace && first.next_chunk == 0 && first.data_size == size) {
+        bm.view = view(advance(q.data, sizeof(QXLDataChunk), "bitmap data"), size, "bitmap data");
+        bm.chunkCount = 1;
+      } else {
+        bm.data = chain(q.data, first, size, DecodeErrorKind::BitmapDataShort, "bitmap data",
+                        bm.chunkSizes, &bm.chunkCount);
+      }
     }
     return bm;
   }

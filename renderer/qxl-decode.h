@@ -176,8 +176,10 @@ struct SurfaceMemory {
 // Decodes the command of QXL_CMD_* `qxlType` at guest address `addr`. Everything the tree holds
 // is checked so that a rasteriser can use it without bounds checks of its own:
 // - bitmaps: known format, x, y <= MAX_BITMAP_DIMENSION, stride >= bytes of x pixels,
-//   data.size() == y * stride; palettized source formats carry a palette with every index the
-//   format can address (masks need none); image surface ids < MAX_SURFACES;
+//   bytes().size() == y * stride (a source whose data lies in one chunk is a `view` of the
+//   translated guest range, valid while the guest mapping is; the rest is copied); palettized
+//   source formats carry a palette with every index the format can address (masks need none); image
+//   surface ids < MAX_SURFACES;
 // - rects that are drawn with (bbox, clip rects, src areas, text back area, update area,
 //   dependency rects) have top <= bottom and left <= right; unordered ones are rejected;
 // - brush, clip, image, rop descriptor, scale mode, mask, line, path and string flags are

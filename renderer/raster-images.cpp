@@ -6,7 +6,10 @@
 #include <spice/enums.h>
 #include <spice/qxl_dev.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
+#include <limits>
 
 #include "renderer/raster-pixels.h"
 
@@ -18,38 +21,72 @@ PixmanImage createImage(pixman_format_code_t format, uint32_t width, uint32_t he
                                               static_cast<int>(height), nullptr, 0));
 }
 
-// The palette entry, or 0 for an index past the palette (the reference reads uninitialised
-// memory there; the decoder normally rejects such bitmaps).
-uint32_t paletteEntry(const qxlcmd::Bitmap& bitmap, unsigned index) {
+// The palette as a table every index of a `bits`-bit format can address: entries past the
+// palette are 0 (the reference reads uninitialised memory there; the decoder normally rejects
+// such bitmaps), so an index read from the bitmap is in range by construction.
+std::array<uint32_t, 256> paletteTable(const qxlcmd::Bitmap& bitmap) {
+  std::array<uint32_t, 256> table{};
   const auto& entries = bitmap.palette->entries;
-  return index < entries.size() ? entries[index] : 0;
+  std::copy_n(entries.begin(), std::min(entries.size(), table.size()), table.begin());
+  return table;
 }
 
-// Bitmap pixel (x) of a row as the native pixel value.
-uint32_t bitmapPixel(const qxlcmd::Bitmap& bitmap, const uint8_t* row, uint32_t x) {
+// One bitmap row as native pixels: `out` holds bitmap.x pixels of the native format's size.
+// `orHigh` is ORed into 32 bpp results (HIGH_BITS_SET on x8r8g8b8).
+void convertRow(const qxlcmd::Bitmap& bitmap, const std::array<uint32_t, 256>& pal,
+                const uint8_t* row, uint8_t* out, uint32_t orHigh) {
+  const uint32_t w = bitmap.x;
+  auto* out32 = reinterpret_cast<uint32_t*>(out);
   switch (bitmap.format) {
     case SPICE_BITMAP_FMT_1BIT_BE:
-      return paletteEntry(bitmap, (row[x / 8] >> (7 - x % 8)) & 1u);
+      for (uint32_t x = 0; x < w; ++x) {
+        out32[x] = pal[(row[x / 8] >> (7 - x % 8)) & 1u] | orHigh;
+      }
+      return;
     case SPICE_BITMAP_FMT_1BIT_LE:
-      return paletteEntry(bitmap, (row[x / 8] >> (x % 8)) & 1u);
+      for (uint32_t x = 0; x < w; ++x) {
+        out32[x] = pal[(row[x / 8] >> (x % 8)) & 1u] | orHigh;
+      }
+      return;
     case SPICE_BITMAP_FMT_4BIT_BE:
-      return paletteEntry(bitmap, (x % 2 ? row[x / 2] : row[x / 2] >> 4) & 0x0fu);
+      for (uint32_t x = 0; x < w; ++x) {
+        out32[x] = pal[(x % 2 ? row[x / 2] : row[x / 2] >> 4) & 0x0fu] | orHigh;
+      }
+      return;
     case SPICE_BITMAP_FMT_4BIT_LE:
-      return paletteEntry(bitmap, (x % 2 ? row[x / 2] >> 4 : row[x / 2]) & 0x0fu);
+      for (uint32_t x = 0; x < w; ++x) {
+        out32[x] = pal[(x % 2 ? row[x / 2] >> 4 : row[x / 2]) & 0x0fu] | orHigh;
+      }
+      return;
     case SPICE_BITMAP_FMT_8BIT:
-      return paletteEntry(bitmap, row[x]);
+      for (uint32_t x = 0; x < w; ++x) {
+        out32[x] = pal[row[x]] | orHigh;
+      }
+      return;
     case SPICE_BITMAP_FMT_8BIT_A:
-      return row[x];
-    case SPICE_BITMAP_FMT_16BIT:
-      return static_cast<uint32_t>(row[2 * x]) | static_cast<uint32_t>(row[2 * x + 1]) << 8;
+      std::memcpy(out, row, w);
+      return;
+    case SPICE_BITMAP_FMT_16BIT:  // little-endian words, as pixman's on this host
+      std::memcpy(out, row, size_t{w} * 2);
+      return;
     case SPICE_BITMAP_FMT_24BIT:  // b, g, r bytes; top byte 0
-      return static_cast<uint32_t>(row[3 * x]) | static_cast<uint32_t>(row[3 * x + 1]) << 8 |
-             static_cast<uint32_t>(row[3 * x + 2]) << 16;
-    default: {  // 32BIT, RGBA: little-endian words kept whole
-      uint32_t v;
-      std::memcpy(&v, row + 4 * x, 4);
-      return v;
-    }
+      for (uint32_t x = 0; x < w; ++x) {
+        out32[x] = (static_cast<uint32_t>(row[3 * x]) | static_cast<uint32_t>(row[3 * x + 1]) << 8 |
+                    static_cast<uint32_t>(row[3 * x + 2]) << 16) |
+                   orHigh;
+      }
+      return;
+    default:  // 32BIT, RGBA: little-endian words kept whole
+      if (orHigh == 0) {
+        std::memcpy(out, row, size_t{w} * 4);
+      } else {
+        for (uint32_t x = 0; x < w; ++x) {
+          uint32_t v;
+          std::memcpy(&v, row + 4 * x, 4);
+          out32[x] = v | orHigh;
+        }
+      }
+      return;
   }
 }
 
@@ -89,8 +126,8 @@ std::variant<PixmanImage, RasterError> bitmapToNative(const qxlcmd::Image& image
     return RasterError::BadImage;
   }
   const uint64_t rowBytes = (static_cast<uint64_t>(bitmap.x) * bits + 7) / 8;
-  if (bitmap.stride < rowBytes ||
-      static_cast<uint64_t>(bitmap.stride) * bitmap.y > bitmap.data.size()) {
+  const std::span<const uint8_t> bytes = bitmap.bytes();
+  if (bitmap.stride < rowBytes || static_cast<uint64_t>(bitmap.stride) * bitmap.y > bytes.size()) {
     return RasterError::BadImage;
   }
   const bool indexed = bits <= 8 && bitmap.format != SPICE_BITMAP_FMT_8BIT_A;
@@ -99,22 +136,44 @@ std::variant<PixmanImage, RasterError> bitmapToNative(const qxlcmd::Image& image
   }
   const pixman_format_code_t format =
       indexed && canvasFormat == PIXMAN_a8r8g8b8 ? PIXMAN_a8r8g8b8 : nativeFormat(bitmap.format);
+  const bool topDown = bitmap.flags & SPICE_BITMAP_FLAGS_TOP_DOWN;
+  const uint32_t orHigh =
+      (image.flags & SPICE_IMAGE_FLAGS_HIGH_BITS_SET) && format == PIXMAN_x8r8g8b8 ? 0xff000000u
+                                                                                   : 0u;
+  // Bytes already in the native format, top-down, in pixman's layout (a stride of whole 32-bit
+  // words, word-aligned): wrapped, not copied. The image is read only and dropped before the
+  // tree (and its view of guest memory) is.
+  const bool sameLayout = (bitmap.format == SPICE_BITMAP_FMT_32BIT && orHigh == 0) ||
+                          bitmap.format == SPICE_BITMAP_FMT_RGBA ||
+                          bitmap.format == SPICE_BITMAP_FMT_16BIT ||
+                          bitmap.format == SPICE_BITMAP_FMT_8BIT_A;
+  if (sameLayout && topDown && bitmap.stride % 4 == 0 &&
+      reinterpret_cast<uintptr_t>(bytes.data()) % 4 == 0 &&
+      bitmap.stride <= static_cast<uint32_t>(std::numeric_limits<int>::max())) {
+    // pixman takes non-const bits; nothing writes through this image.
+    auto* bits = reinterpret_cast<uint32_t*>(const_cast<uint8_t*>(bytes.data()));
+    PixmanImage wrapped(pixman_image_create_bits(format, static_cast<int>(bitmap.x),
+                                                 static_cast<int>(bitmap.y), bits,
+                                                 static_cast<int>(bitmap.stride)));
+    if (!wrapped) {
+      return RasterError::BadImage;
+    }
+    return wrapped;
+  }
   PixmanImage out = createImage(format, bitmap.x, bitmap.y);
   if (!out) {
     return RasterError::BadImage;
   }
-  const bool topDown = bitmap.flags & SPICE_BITMAP_FLAGS_TOP_DOWN;
-  for (uint32_t y = 0; y < bitmap.y; ++y) {
-    const uint8_t* row = bitmap.data.data() + static_cast<size_t>(bitmap.stride) * y;
-    const int destY = static_cast<int>(topDown ? y : bitmap.y - 1 - y);
-    for (uint32_t x = 0; x < bitmap.x; ++x) {
-      pixels::putPixel(out.get(), static_cast<int>(x), destY, bitmapPixel(bitmap, row, x));
-    }
+  std::array<uint32_t, 256> pal{};
+  if (indexed) {
+    pal = paletteTable(bitmap);
   }
-  if ((image.flags & SPICE_IMAGE_FLAGS_HIGH_BITS_SET) &&
-      pixman_image_get_format(out.get()) == PIXMAN_x8r8g8b8) {
-    pixels::Region all(0, 0, static_cast<int32_t>(bitmap.x), static_cast<int32_t>(bitmap.y));
-    pixels::fillRegion(out.get(), all, 0xff000000u, pixels::Rop::Or);
+  auto* outBits = reinterpret_cast<uint8_t*>(pixman_image_get_data(out.get()));
+  const size_t outStride = static_cast<size_t>(pixman_image_get_stride(out.get()));
+  for (uint32_t y = 0; y < bitmap.y; ++y) {
+    const uint8_t* row = bytes.data() + static_cast<size_t>(bitmap.stride) * y;
+    const size_t destY = topDown ? y : bitmap.y - 1 - y;
+    convertRow(bitmap, pal, row, outBits + outStride * destY, orHigh);
   }
   return out;
 }
@@ -197,7 +256,7 @@ std::variant<PixmanImage, RasterError> maskImage(const qxlcmd::Image& image,
   }
   const uint64_t rowBytes = (static_cast<uint64_t>(bitmap->x) + 7) / 8;
   if (bitmap->stride < rowBytes ||
-      static_cast<uint64_t>(bitmap->stride) * bitmap->y > bitmap->data.size()) {
+      static_cast<uint64_t>(bitmap->stride) * bitmap->y > bitmap->bytes().size()) {
     return RasterError::BadImage;
   }
   PixmanImage out = createImage(PIXMAN_a1, bitmap->x, bitmap->y);
@@ -206,12 +265,30 @@ std::variant<PixmanImage, RasterError> maskImage(const qxlcmd::Image& image,
   }
   const bool topDown = bitmap->flags & SPICE_BITMAP_FLAGS_TOP_DOWN;
   const bool msbFirst = bitmap->format == SPICE_BITMAP_FMT_1BIT_BE;
+  // pixman's a1 on a little-endian host: pixel x is bit x % 8 of byte x / 8 (LSB first), as in
+  // 1BIT_LE; 1BIT_BE bytes are bit-reversed. Bits past the width stay 0.
+  std::array<uint8_t, 256> reversed{};
+  for (unsigned v = 0; v < 256; ++v) {
+    unsigned r = 0;
+    for (unsigned bit = 0; bit < 8; ++bit) {
+      r |= ((v >> bit) & 1u) << (7 - bit);
+    }
+    reversed[v] = static_cast<uint8_t>(r);
+  }
+  const size_t fullBytes = bitmap->x / 8;
+  const unsigned restBits = bitmap->x % 8;
+  auto* outBits = reinterpret_cast<uint8_t*>(pixman_image_get_data(out.get()));
+  const size_t outStride = static_cast<size_t>(pixman_image_get_stride(out.get()));
+  const uint8_t* data = bitmap->bytes().data();
   for (uint32_t y = 0; y < bitmap->y; ++y) {
-    const uint8_t* row = bitmap->data.data() + static_cast<size_t>(bitmap->stride) * y;
-    const int destY = static_cast<int>(topDown ? y : bitmap->y - 1 - y);
-    for (uint32_t x = 0; x < bitmap->x; ++x) {
-      const unsigned bit = msbFirst ? 7 - x % 8 : x % 8;
-      pixels::putPixel(out.get(), static_cast<int>(x), destY, (row[x / 8] >> bit) & 1u);
+    const uint8_t* row = data + static_cast<size_t>(bitmap->stride) * y;
+    uint8_t* dest = outBits + outStride * (topDown ? y : bitmap->y - 1 - y);
+    for (size_t i = 0; i < fullBytes; ++i) {
+      dest[i] = msbFirst ? reversed[row[i]] : row[i];
+    }
+    if (restBits != 0) {
+      const uint8_t last = msbFirst ? reversed[row[fullBytes]] : row[fullBytes];
+      dest[fullBytes] = static_cast<uint8_t>(last & ((1u << restBits) - 1));
     }
   }
   return out;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 namespace spicebox::renderer::pixels {
 
@@ -149,10 +150,65 @@ static bool clipBox(pixman_image_t* image, pixman_box32_t box, pixman_box32_t& o
   return out.x2 > out.x1 && out.y2 > out.y1;
 }
 
+// Calls f(std::integral_constant<Rop, rop>{}): the ROP a compile-time constant in the row loops.
+template <typename F>
+static void withRop(Rop rop, F&& f) {
+  switch (rop) {
+#define SB_ROP_CASE(name)                        \
+  case Rop::name:                                \
+    f(std::integral_constant<Rop, Rop::name>{}); \
+    return;
+    SB_ROP_CASE(Clear)
+    SB_ROP_CASE(And)
+    SB_ROP_CASE(AndReverse)
+    SB_ROP_CASE(Copy)
+    SB_ROP_CASE(AndInverted)
+    SB_ROP_CASE(Noop)
+    SB_ROP_CASE(Xor)
+    SB_ROP_CASE(Or)
+    SB_ROP_CASE(Nor)
+    SB_ROP_CASE(Equiv)
+    SB_ROP_CASE(Invert)
+    SB_ROP_CASE(OrReverse)
+    SB_ROP_CASE(CopyInverted)
+    SB_ROP_CASE(OrInverted)
+    SB_ROP_CASE(Nand)
+    SB_ROP_CASE(Set)
+#undef SB_ROP_CASE
+  }
+}
+
+// Calls f(T{}) with T the pixel integer of an 8/16/32 bpp image; false (nothing called) for
+// other depths, which take the per-pixel path.
+template <typename F>
+static bool withPixelType(int bpp, F&& f) {
+  switch (bpp) {
+    case 32:
+      f(uint32_t{});
+      return true;
+    case 16:
+      f(uint16_t{});
+      return true;
+    case 8:
+      f(uint8_t{});
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Row y of the image as pixels of type T (pixman rows are 32-bit aligned).
+template <typename T>
+static T* typedRow(uint8_t* bits, ptrdiff_t stride, int64_t y) {
+  return reinterpret_cast<T*>(bits + stride * y);
+}
+
 void fillRegion(pixman_image_t* dest, Region& region, uint32_t color, Rop rop) {
   int n = 0;
   pixman_box32_t* boxes = region.rects(&n);
   const int bpp = bitsPerPixel(dest);
+  auto* bits = reinterpret_cast<uint8_t*>(pixman_image_get_data(dest));
+  const ptrdiff_t stride = pixman_image_get_stride(dest);
   for (int i = 0; i < n; ++i) {
     pixman_box32_t b;
     if (!clipBox(dest, boxes[i], b)) {
@@ -161,6 +217,21 @@ void fillRegion(pixman_image_t* dest, Region& region, uint32_t color, Rop rop) {
     if (rop == Rop::Copy && bpp >= 8 &&
         pixman_fill(pixman_image_get_data(dest), pixman_image_get_stride(dest) / 4, bpp, b.x1, b.y1,
                     b.x2 - b.x1, b.y2 - b.y1, color)) {
+      continue;
+    }
+    const bool typed = withPixelType(bpp, [&](auto pixel) {
+      using T = decltype(pixel);
+      withRop(rop, [&](auto r) {
+        constexpr Rop R = decltype(r)::value;
+        for (int y = b.y1; y < b.y2; ++y) {
+          T* row = typedRow<T>(bits, stride, y);
+          for (int x = b.x1; x < b.x2; ++x) {
+            row[x] = static_cast<T>(applyRop(R, color, row[x]));
+          }
+        }
+      });
+    });
+    if (typed) {
       continue;
     }
     for (int y = b.y1; y < b.y2; ++y) {
@@ -182,6 +253,12 @@ void tileRegion(pixman_image_t* dest, Region& region, pixman_image_t* tile, int6
   if (tw <= 0 || th <= 0) {
     return;
   }
+  const int bpp = bitsPerPixel(dest);
+  const bool sameDepth = bpp == bitsPerPixel(tile);
+  auto* bits = reinterpret_cast<uint8_t*>(pixman_image_get_data(dest));
+  const ptrdiff_t stride = pixman_image_get_stride(dest);
+  auto* tileBits = reinterpret_cast<uint8_t*>(pixman_image_get_data(tile));
+  const ptrdiff_t tileStride = pixman_image_get_stride(tile);
   int n = 0;
   pixman_box32_t* boxes = region.rects(&n);
   for (int i = 0; i < n; ++i) {
@@ -189,9 +266,31 @@ void tileRegion(pixman_image_t* dest, Region& region, pixman_image_t* tile, int6
     if (!clipBox(dest, boxes[i], b)) {
       continue;
     }
+    const int tx0 = static_cast<int>(positiveMod(b.x1 - offsetX, tw));
+    const bool typed = sameDepth && withPixelType(bpp, [&](auto pixel) {
+                         using T = decltype(pixel);
+                         withRop(rop, [&](auto r) {
+                           constexpr Rop R = decltype(r)::value;
+                           for (int y = b.y1; y < b.y2; ++y) {
+                             const T* tileRow =
+                                 typedRow<T>(tileBits, tileStride, positiveMod(y - offsetY, th));
+                             T* row = typedRow<T>(bits, stride, y);
+                             int tx = tx0;
+                             for (int x = b.x1; x < b.x2; ++x) {
+                               row[x] = static_cast<T>(applyRop(R, tileRow[tx], row[x]));
+                               if (++tx == tw) {
+                                 tx = 0;
+                               }
+                             }
+                           }
+                         });
+                       });
+    if (typed) {
+      continue;
+    }
     for (int y = b.y1; y < b.y2; ++y) {
       const int ty = static_cast<int>(positiveMod(y - offsetY, th));
-      int tx = static_cast<int>(positiveMod(b.x1 - offsetX, tw));
+      int tx = tx0;
       for (int x = b.x1; x < b.x2; ++x) {
         uint32_t s = getPixel(tile, tx, ty);
         putPixel(dest, x, y, rop == Rop::Copy ? s : applyRop(rop, s, getPixel(dest, x, y)));
@@ -223,6 +322,10 @@ void blitRegion(pixman_image_t* dest, Region& region, pixman_image_t* src, int64
   if (bpp != bitsPerPixel(src)) {
     return;  // callers convert first; the reference asserts here
   }
+  auto* bits = reinterpret_cast<uint8_t*>(pixman_image_get_data(dest));
+  const ptrdiff_t stride = pixman_image_get_stride(dest);
+  auto* srcBits = reinterpret_cast<uint8_t*>(pixman_image_get_data(src));
+  const ptrdiff_t srcStride = pixman_image_get_stride(src);
   int n = 0;
   pixman_box32_t* boxes = region.rects(&n);
   for (int i = 0; i < n; ++i) {
@@ -237,6 +340,22 @@ void blitRegion(pixman_image_t* dest, Region& region, pixman_image_t* src, int64
         std::memmove(rowOf(dest, y) + static_cast<size_t>(b.x1) * (bpp / 8),
                      rowOf(src, sy + (y - b.y1)) + static_cast<size_t>(sx) * (bpp / 8), bytes);
       }
+      continue;
+    }
+    const bool typed = withPixelType(bpp, [&](auto pixel) {
+      using T = decltype(pixel);
+      withRop(rop, [&](auto r) {
+        constexpr Rop R = decltype(r)::value;
+        for (int y = b.y1; y < b.y2; ++y) {
+          const T* srcRow = typedRow<T>(srcBits, srcStride, sy + (y - b.y1)) + sx;
+          T* row = typedRow<T>(bits, stride, y) + b.x1;
+          for (int x = 0; x < b.x2 - b.x1; ++x) {
+            row[x] = static_cast<T>(applyRop(R, srcRow[x], row[x]));
+          }
+        }
+      });
+    });
+    if (typed) {
       continue;
     }
     for (int y = b.y1; y < b.y2; ++y) {
@@ -256,6 +375,10 @@ void colorKeyRegion(pixman_image_t* dest, Region& region, pixman_image_t* src, i
   }
   const uint32_t keyMask = bpp == 32 ? 0xffffffu : bpp == 16 ? 0xffffu : bpp == 8 ? 0xffu : 1u;
   key &= keyMask;
+  auto* bits = reinterpret_cast<uint8_t*>(pixman_image_get_data(dest));
+  const ptrdiff_t stride = pixman_image_get_stride(dest);
+  auto* srcBits = reinterpret_cast<uint8_t*>(pixman_image_get_data(src));
+  const ptrdiff_t srcStride = pixman_image_get_stride(src);
   int n = 0;
   pixman_box32_t* boxes = region.rects(&n);
   for (int i = 0; i < n; ++i) {
@@ -264,6 +387,22 @@ void colorKeyRegion(pixman_image_t* dest, Region& region, pixman_image_t* src, i
       continue;
     }
     const int sx = static_cast<int>(b.x1 - offsetX), sy = static_cast<int>(b.y1 - offsetY);
+    const bool typed = withPixelType(bpp, [&](auto pixel) {
+      using T = decltype(pixel);
+      for (int y = b.y1; y < b.y2; ++y) {
+        const T* srcRow = typedRow<T>(srcBits, srcStride, sy + (y - b.y1)) + sx;
+        T* row = typedRow<T>(bits, stride, y) + b.x1;
+        for (int x = 0; x < b.x2 - b.x1; ++x) {
+          const T s = srcRow[x];
+          if ((s & keyMask) != key) {
+            row[x] = s;
+          }
+        }
+      }
+    });
+    if (typed) {
+      continue;
+    }
     for (int y = b.y1; y < b.y2; ++y) {
       for (int x = b.x1; x < b.x2; ++x) {
         uint32_t s = getPixel(src, sx + (x - b.x1), sy + (y - b.y1));

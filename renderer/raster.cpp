@@ -6,6 +6,7 @@
 #include <spice/qxl_dev.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <limits>
 
@@ -615,6 +616,22 @@ struct DrawContext {
   }
 };
 
+// COPY_BITS on a 1 bpp surface: a snapshot of the source, then a blit (rare; not worth an
+// in-place bit copy).
+RasterResult copyBitsSnapshot(DrawContext& c, int64_t dx, int64_t dy) {
+  const pixman_box32_t* box = pixman_region32_extents(c.region.get());
+  const int32_t sx = clampToInt32(box->x1 - dx), sy = clampToInt32(box->y1 - dy);
+  const int w = box->x2 - box->x1, h = box->y2 - box->y1;
+  PixmanImage snapshot(pixman_image_create_bits(c.format, w, h, nullptr, 0));
+  if (!snapshot) {
+    return RasterError::BadArea;
+  }
+  pixman_image_composite32(PIXMAN_OP_SRC, c.dest, nullptr, snapshot.get(), sx, sy, 0, 0, 0, 0, w,
+                           h);
+  pixels::blitRegion(c.dest, c.region, snapshot.get(), dx + sx, dy + sy, pixels::Rop::Copy);
+  return std::nullopt;
+}
+
 RasterResult drawCopyBits(DrawContext& c, const qxlcmd::CopyBits& cb) {
   const int64_t dx = int64_t{c.d.bbox.left} - cb.srcPos.x;
   const int64_t dy = int64_t{c.d.bbox.top} - cb.srcPos.y;
@@ -628,20 +645,55 @@ RasterResult drawCopyBits(DrawContext& c, const qxlcmd::CopyBits& cb) {
   if (c.region.empty()) {
     return std::nullopt;
   }
-  // The reference orders its row copies so that overlapping source and destination read the
-  // pixels as they were before the command; a snapshot of the source gives the same result. Only
-  // the source of the region is copied (a per-command cost: the whole surface would be megabytes
-  // for a one-line scroll).
-  const pixman_box32_t* box = pixman_region32_extents(c.region.get());
-  const int32_t sx = clampToInt32(box->x1 - dx), sy = clampToInt32(box->y1 - dy);
-  const int w = box->x2 - box->x1, h = box->y2 - box->y1;
-  PixmanImage snapshot(pixman_image_create_bits(c.format, w, h, nullptr, 0));
-  if (!snapshot) {
-    return RasterError::BadArea;
+  // Copied in place, one memmove per row: every row is read before anything overwrites it, so
+  // overlapping source and destination give the pixels as they were before the command (what
+  // the reference's ordered row copies give). Rows go bottom-up when the destination lies below
+  // the source; with no vertical move a row reads only itself, so its rectangles go right to left
+  // when the destination lies to the right (memmove handles the overlap inside one rectangle).
+  const int bpp = PIXMAN_FORMAT_BPP(c.format);
+  if (bpp < 8) {
+    return copyBitsSnapshot(c, dx, dy);
   }
-  pixman_image_composite32(PIXMAN_OP_SRC, c.dest, nullptr, snapshot.get(), sx, sy, 0, 0, 0, 0, w,
-                           h);
-  pixels::blitRegion(c.dest, c.region, snapshot.get(), dx + sx, dy + sy, Rop::Copy);
+  const int64_t imgW = pixman_image_get_width(c.dest), imgH = pixman_image_get_height(c.dest);
+  auto* bits = reinterpret_cast<uint8_t*>(pixman_image_get_data(c.dest));
+  const ptrdiff_t stride = pixman_image_get_stride(c.dest);
+  const size_t pixelBytes = static_cast<size_t>(bpp / 8);
+  int n = 0;
+  const pixman_box32_t* boxes = pixman_region32_rectangles(c.region.get(), &n);
+  // Defensive: every rectangle and its source inside the surface (the region is clipped to both).
+  for (int i = 0; i < n; ++i) {
+    const pixman_box32_t& b = boxes[i];
+    if (b.x1 < 0 || b.y1 < 0 || b.x2 > imgW || b.y2 > imgH || b.x1 - dx < 0 || b.y1 - dy < 0 ||
+        b.x2 - dx > imgW || b.y2 - dy > imgH) {
+      return RasterError::BadArea;
+    }
+  }
+  const bool bottomUp = dy > 0;
+  const bool rightToLeft = dy == 0 && dx > 0;
+  // pixman's rectangles are y-x banded: sorted by y1, one band's rectangles share y1 and y2.
+  int bandStart = bottomUp ? n - 1 : 0;
+  while (bottomUp ? bandStart >= 0 : bandStart < n) {
+    int bandEnd = bandStart;  // inclusive, the band's other end in the walking direction
+    const int step = bottomUp ? -1 : 1;
+    while (bandEnd + step >= 0 && bandEnd + step < n &&
+           boxes[bandEnd + step].y1 == boxes[bandStart].y1) {
+      bandEnd += step;
+    }
+    const int lo = std::min(bandStart, bandEnd), hi = std::max(bandStart, bandEnd);
+    const int32_t y1 = boxes[lo].y1, y2 = boxes[lo].y2;
+    for (int32_t r = 0; r < y2 - y1; ++r) {
+      const int64_t y = bottomUp ? y2 - 1 - r : y1 + r;
+      uint8_t* destRow = bits + stride * y;
+      const uint8_t* srcRow = bits + stride * (y - dy);
+      for (int k = 0; k <= hi - lo; ++k) {
+        const pixman_box32_t& b = boxes[rightToLeft ? hi - k : lo + k];
+        std::memmove(destRow + static_cast<size_t>(b.x1) * pixelBytes,
+                     srcRow + static_cast<size_t>(b.x1 - dx) * pixelBytes,
+                     static_cast<size_t>(b.x2 - b.x1) * pixelBytes);
+      }
+    }
+    bandStart = bandEnd + step;
+  }
   return std::nullopt;
 }
 
@@ -687,26 +739,90 @@ RasterResult drawRop3(DrawContext& c, const qxlcmd::Rop3& r) {
       (pattern && pixels::bitsPerPixel(pattern.get()) != bpp)) {
     return RasterError::UnsupportedImage;
   }
-  int n = 0;
-  pixman_box32_t* boxes = c.region.rects(&n);
-  for (int i = 0; i < n; ++i) {
-    for (int y = boxes[i].y1; y < boxes[i].y2; ++y) {
-      for (int x = boxes[i].x1; x < boxes[i].x2; ++x) {
-        const int64_t ox = x - bbox.left, oy = y - bbox.top;
-        uint32_t p = r.brush.color;
-        if (pattern) {
-          const int pw = pixman_image_get_width(pattern.get());
-          const int ph = pixman_image_get_height(pattern.get());
-          int64_t px = (x - int64_t{r.brush.patternPos.x}) % pw;
-          int64_t py = (y - int64_t{r.brush.patternPos.y}) % ph;
-          px += px < 0 ? pw : 0;
-          py += py < 0 ? ph : 0;
-          p = pixels::getPixel(pattern.get(), static_cast<int>(px), static_cast<int>(py));
+  // The ROP3's eight minterms as all-ones / all-zero masks: the same bits as
+  // pixels::applyRop3, without a loop per pixel.
+  std::array<uint32_t, 8> m{};
+  for (unsigned idx = 0; idx < 8; ++idx) {
+    m[idx] = (r.rop3 & (1u << idx)) ? 0xffffffffu : 0u;
+  }
+  auto rop3 = [&m](uint32_t p, uint32_t s, uint32_t d) {
+    return (m[7] & p & s & d) | (m[6] & p & s & ~d) | (m[5] & p & ~s & d) | (m[4] & p & ~s & ~d) |
+           (m[3] & ~p & s & d) | (m[2] & ~p & s & ~d) | (m[1] & ~p & ~s & d) |
+           (m[0] & ~p & ~s & ~d);
+  };
+  const int pw = pattern ? pixman_image_get_width(pattern.get()) : 1;
+  const int ph = pattern ? pixman_image_get_height(pattern.get()) : 1;
+  if (pw <= 0 || ph <= 0) {
+    return RasterError::BadImage;
+  }
+  auto positiveMod = [](int64_t v, int64_t mod) {
+    const int64_t rem = v % mod;
+    return rem < 0 ? rem + mod : rem;
+  };
+  // Rows of pixels of type T, in the same order as a pixel-by-pixel walk (the source may be the
+  // destination surface itself).
+  auto run = [&](auto pixel) {
+    using T = decltype(pixel);
+    auto rowOf = [](pixman_image_t* img, int64_t y) {
+      return reinterpret_cast<T*>(reinterpret_cast<uint8_t*>(pixman_image_get_data(img)) +
+                                  static_cast<ptrdiff_t>(y) * pixman_image_get_stride(img));
+    };
+    int n = 0;
+    pixman_box32_t* boxes = c.region.rects(&n);
+    for (int i = 0; i < n; ++i) {
+      const pixman_box32_t& b = boxes[i];
+      const int64_t px0 = pattern ? positiveMod(b.x1 - int64_t{r.brush.patternPos.x}, pw) : 0;
+      for (int y = b.y1; y < b.y2; ++y) {
+        T* dest = rowOf(c.dest, y);
+        const T* srcRow = rowOf(src.get(), sy + (y - bbox.top));
+        const int64_t srcShift = sx - bbox.left;  // >= -x for every x of the region (in bbox)
+        const T* patRow =
+            pattern ? rowOf(pattern.get(), positiveMod(y - int64_t{r.brush.patternPos.y}, ph))
+                    : nullptr;
+        int64_t px = px0;
+        for (int x = b.x1; x < b.x2; ++x) {
+          uint32_t p = r.brush.color;
+          if (patRow) {
+            p = patRow[px];
+            if (++px == pw) {
+              px = 0;
+            }
+          }
+          dest[x] = static_cast<T>(rop3(p, srcRow[srcShift + x], dest[x]));
         }
-        const uint32_t s =
-            pixels::getPixel(src.get(), static_cast<int>(sx + ox), static_cast<int>(sy + oy));
-        pixels::putPixel(c.dest, x, y,
-                         pixels::applyRop3(r.rop3, p, s, pixels::getPixel(c.dest, x, y)));
+      }
+    }
+  };
+  switch (bpp) {
+    case 32:
+      run(uint32_t{});
+      break;
+    case 16:
+      run(uint16_t{});
+      break;
+    case 8:
+      run(uint8_t{});
+      break;
+    default: {  // 1 bpp: pixel by pixel
+      int n = 0;
+      pixman_box32_t* boxes = c.region.rects(&n);
+      for (int i = 0; i < n; ++i) {
+        for (int y = boxes[i].y1; y < boxes[i].y2; ++y) {
+          for (int x = boxes[i].x1; x < boxes[i].x2; ++x) {
+            const int64_t ox = x - bbox.left, oy = y - bbox.top;
+            uint32_t p = r.brush.color;
+            if (pattern) {
+              p = pixels::getPixel(
+                  pattern.get(),
+                  static_cast<int>(positiveMod(x - int64_t{r.brush.patternPos.x}, pw)),
+                  static_cast<int>(positiveMod(y - int64_t{r.brush.patternPos.y}, ph)));
+            }
+            const uint32_t s =
+                pixels::getPixel(src.get(), static_cast<int>(sx + ox), static_cast<int>(sy + oy));
+            pixels::putPixel(c.dest, x, y,
+                             pixels::applyRop3(r.rop3, p, s, pixels::getPixel(c.dest, x, y)));
+          }
+        }
       }
     }
   }
