@@ -40,14 +40,15 @@ sanitize=(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
 # still a finding (UBSAN_OPTIONS below turns a printed report into a failure).
 libs=($(pkg-config --libs spdlog fmt))
 
-# Compiles one source into $out/obj when it, fuzz-image.h or this script (the flags) is newer
-# than its object. $1: source, $2: object
-# name, the rest: extra flags.
+# Compiles one source into $out/obj when it, a header of the code it includes (renderer/,
+# broker/qxl/, base/, ipc/) or this script (the flags) is newer than its object. $1: source,
+# $2: object name, the rest: extra flags.
 compile() {
   local src="$root/$1" obj="$out/obj/$2.o"
   shift 2
-  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$root/renderer/fuzz/fuzz-image.h" -nt "$obj" ] ||
-    [ "$root/tools/fuzz-decoder.sh" -nt "$obj" ]; then
+  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$root/tools/fuzz-decoder.sh" -nt "$obj" ] ||
+    [ -n "$(find "$root/renderer" "$root/broker/qxl" "$root/base" "$root/ipc" -name '*.h' \
+      -newer "$obj" -print -quit)" ]; then
     echo "  CXX $src"
     "$cxx" "${common[@]}" "$@" -c "$src" -o "$obj"
   fi
