@@ -201,49 +201,6 @@ uint64_t differingPixels(const Picture& a, const Picture& b) {
 
 // ------------------------------------------------------------------ libspice-server
 
-// One ring between the main thread (push) and the worker thread (pop).
-class SpiceServerRunner::Ring {
- public:
-  void push(const QXLCommandExt* command) {
-    std::lock_guard lock(mutex_);
-    queue_.push_back(command);
-    drained_ = false;
-  }
-  // Worker thread: the next command, or false after noting that the ring ran dry.
-  bool pop(QXLCommandExt* out) {
-    std::lock_guard lock(mutex_);
-    if (queue_.empty()) {
-      drained_ = true;
-      drainedEvent_.notify_all();
-      return false;
-    }
-    *out = *queue_.front();
-    queue_.pop_front();
-    ++taken_;
-    return true;
-  }
-  bool empty() {
-    std::lock_guard lock(mutex_);
-    return queue_.empty();
-  }
-  // Main thread: waits until the worker found the ring empty after the last push.
-  bool waitDrained() {
-    std::unique_lock lock(mutex_);
-    return drainedEvent_.wait_for(lock, WORKER_TIMEOUT, [this] { return drained_; });
-  }
-  uint64_t takeCount() {
-    std::lock_guard lock(mutex_);
-    return std::exchange(taken_, 0);
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable drainedEvent_;
-  std::deque<const QXLCommandExt*> queue_;
-  bool drained_ = true;
-  uint64_t taken_ = 0;
-};
-
 namespace {
 
 SpiceServerRunner& runnerOf(QXLInstance* qin) {
@@ -276,8 +233,8 @@ int SpiceServerRunner::requestNotification(bool cursor) {
 SpiceServerRunner::SpiceServerRunner()
     : core_(oracle::inertCore("spicebox-bench-render")),
       sif_(oracle::replayQxlInterface("spicebox-bench-render")),
-      display_(std::make_unique<Ring>()),
-      cursor_(std::make_unique<Ring>()) {
+      display_(std::make_unique<oracle::WorkerQueue>()),
+      cursor_(std::make_unique<oracle::WorkerQueue>()) {
   static_assert(std::is_standard_layout_v<Instance>);
   instance_.runner = this;
   sif_.get_command = getDisplayCommand;
@@ -312,7 +269,7 @@ SpiceServerRunner::~SpiceServerRunner() {
 
 bool SpiceServerRunner::drain() {
   spice_qxl_wakeup(&instance_.qxl);
-  if (display_->waitDrained() && cursor_->waitDrained())
+  if (display_->waitDrained(WORKER_TIMEOUT) && cursor_->waitDrained(WORKER_TIMEOUT))
     return true;
   error_ = "libspice-server's worker did not take the pending commands within " +
            std::to_string(WORKER_TIMEOUT.count()) + " s (hung?)";

@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/oracle/spice-host.h"
+
 #include "bench/bench-stream.h"
 
 namespace spicebox::bench {
@@ -101,7 +103,6 @@ class SpiceServerRunner {
   };
 
  private:
-  class Ring;
   bool drain();
   void tearDown();
   void updateWholePrimary(const BenchIo& primary);
@@ -110,7 +111,7 @@ class SpiceServerRunner {
   SpiceCoreInterface core_;  // spice_server_init and add_interface keep pointers to both
   QXLInterface sif_;
   SpiceServer* server_ = nullptr;
-  std::unique_ptr<Ring> display_, cursor_;
+  std::unique_ptr<oracle::WorkerQueue> display_, cursor_;
   std::string error_;
   bool primaryLive_ = false;
   Instance instance_;

@@ -86,46 +86,6 @@ struct Options {
 
 // ------------------------------------------------------------------ command hand-over
 
-// One ring (display or cursor) between the main thread and the worker thread.
-class CommandQueue {
- public:
-  // Main thread: queue a command; the worker has not seen the queue empty since.
-  void push(QXLCommandExt* cmd) {
-    std::lock_guard lock(mutex_);
-    queue_.push_back(cmd);
-    drained_ = false;
-  }
-  // Worker thread (get_command): the next command, or false after noting that the queue ran dry.
-  bool pop(QXLCommandExt* out) {
-    std::lock_guard lock(mutex_);
-    if (queue_.empty()) {
-      drained_ = true;
-      drainedEvent_.notify_all();
-      return false;
-    }
-    *out = *queue_.front();
-    queue_.pop_front();
-    return true;
-  }
-  // Worker thread (req_*_notification): 1 = "nothing pending, wake me", 0 = "look again".
-  bool empty() {
-    std::lock_guard lock(mutex_);
-    return queue_.empty();
-  }
-  // Main thread: waits until the worker found the queue empty after the last push, i.e. it has
-  // processed every command it took. False on timeout.
-  bool waitDrained() {
-    std::unique_lock lock(mutex_);
-    return drainedEvent_.wait_for(lock, WORKER_TIMEOUT, [this] { return drained_; });
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable drainedEvent_;
-  std::deque<QXLCommandExt*> queue_;
-  bool drained_ = true;
-};
-
 struct PrimarySurface {
   QXLDevSurfaceCreate create;
   size_t allocated = 0;  // malloc_usable_size of create.mem
@@ -181,8 +141,8 @@ class Oracle {
   const Options& options_;
   OracleInstance instance_;
   SpiceReplay* replay_ = nullptr;
-  CommandQueue display_;
-  CommandQueue cursor_;
+  WorkerQueue display_;
+  WorkerQueue cursor_;
   std::set<uint64_t> requested_;
   uint64_t commands_ = 0;  // commands read and processed so far
   std::optional<PrimarySurface> primary_;
@@ -340,12 +300,12 @@ bool Oracle::feed(QXLCommandExt* cmd) {
     std::lock_guard lock(outstandingMutex_);
     outstanding_[cmd->cmd.data] = cmd;
   }
-  CommandQueue& queue = cmd->cmd.type == QXL_CMD_CURSOR ? cursor_ : display_;
+  WorkerQueue& queue = cmd->cmd.type == QXL_CMD_CURSOR ? cursor_ : display_;
   // (libspice-server aborts the process on some commands: this names the one it died on.)
   spdlog::trace("feeding command {} (QXL_CMD type {})", commands_ + 1, uint32_t{cmd->cmd.type});
   queue.push(cmd);
   spice_qxl_wakeup(&instance_.qxl);
-  if (!queue.waitDrained()) {
+  if (!queue.waitDrained(WORKER_TIMEOUT)) {
     spdlog::error("libspice-server's worker did not take command {} within {} s", commands_ + 1,
                   WORKER_TIMEOUT.count());
     return false;
