@@ -89,6 +89,20 @@ struct BatchBuilder {
 const std::vector<SlotSpec> RAM_SLOT = {
     {SLOT, GENERATION, Bar::RAM, RAM_PHYS, RAM_PHYS + RAM_SIZE}};
 
+// QXL_SURFACE_CMD_CREATE of surface 3 (4x4 xRGB, stride 16) at RAM offset 8192, its pixels at
+// offset 16384.
+void writeSurface3Create(FakeGuest& guest) {
+  QXLSurfaceCmd surface{};
+  surface.surface_id = 3;
+  surface.type = QXL_SURFACE_CMD_CREATE;
+  surface.u.surface_create.format = SPICE_SURFACE_FMT_32_xRGB;
+  surface.u.surface_create.width = 4;
+  surface.u.surface_create.height = 4;
+  surface.u.surface_create.stride = 16;
+  surface.u.surface_create.data = encode(SLOT, GENERATION, RAM_PHYS + 16384);
+  std::memcpy(guest.ram.data() + 8192, &surface, sizeof surface);
+}
+
 uint32_t run(Worker& worker, const std::vector<SlotSpec>* slots,
              const std::vector<CommandSpec>& commands) {
   BatchBuilder b;
@@ -109,15 +123,7 @@ TEST_CASE("valid commands of every type are decoded, counted and handed to the h
   // Zeroed memory is a valid NOP drawable, update, empty message and cursor SET without shape;
   // the surface command needs a real create: 4x4 xRGB whose pixels follow it.
   const uint64_t at = encode(SLOT, GENERATION, RAM_PHYS + 4096);
-  QXLSurfaceCmd surface{};
-  surface.surface_id = 3;
-  surface.type = QXL_SURFACE_CMD_CREATE;
-  surface.u.surface_create.format = SPICE_SURFACE_FMT_32_xRGB;
-  surface.u.surface_create.width = 4;
-  surface.u.surface_create.height = 4;
-  surface.u.surface_create.stride = 16;
-  surface.u.surface_create.data = encode(SLOT, GENERATION, RAM_PHYS + 16384);
-  std::memcpy(guest.ram.data() + 8192, &surface, sizeof surface);
+  writeSurface3Create(guest);
   const uint64_t surfaceAt = encode(SLOT, GENERATION, RAM_PHYS + 8192);
   std::vector<CommandSpec> commands = {{Ring::DISPLAY, at, QXL_CMD_DRAW},
                                        {Ring::DISPLAY, at, QXL_CMD_UPDATE},
@@ -658,15 +664,7 @@ TEST_CASE("update-area: an offscreen surface is written into its create's memory
   FakeGuest guest;
   Worker worker;
   worker.attach(guest.view());
-  QXLSurfaceCmd surface{};
-  surface.surface_id = 3;
-  surface.type = QXL_SURFACE_CMD_CREATE;
-  surface.u.surface_create.format = SPICE_SURFACE_FMT_32_xRGB;
-  surface.u.surface_create.width = 4;
-  surface.u.surface_create.height = 4;
-  surface.u.surface_create.stride = 16;
-  surface.u.surface_create.data = encode(SLOT, GENERATION, RAM_PHYS + 16384);
-  std::memcpy(guest.ram.data() + 8192, &surface, sizeof surface);
+  writeSurface3Create(guest);
   const uint64_t create = encode(SLOT, GENERATION, RAM_PHYS + 8192);
   const uint64_t fill = writeFill(guest, 4096, 3, qrect(0, 0, 2, 2), 0x123456);
   CHECK(runItems(worker, 4, [create, fill](auto items) {
