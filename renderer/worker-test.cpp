@@ -463,12 +463,12 @@ uint32_t shownAt(const Worker& worker, uint32_t x, uint32_t y) {
 }
 
 void setPrimary(ipc::render::WorkItem::Builder item, int32_t stride, uint32_t w = PW,
-                uint32_t h = PH) {
+                uint32_t h = PH, uint32_t format = SPICE_SURFACE_FMT_32_xRGB) {
   auto p = item.initCreatePrimary();
   p.setWidth(w);
   p.setHeight(h);
   p.setStride(stride);
-  p.setFormat(SPICE_SURFACE_FMT_32_xRGB);
+  p.setFormat(format);
   p.setMem(encode(SLOT, GENERATION, PRIMARY_PHYS));
 }
 
@@ -749,6 +749,55 @@ TEST_CASE("batch output: solid fill and copy bits hints, copy bits from damage d
   CHECK(out.damage == std::vector<qxlcmd::Rect>{{2, 0, 4, 2}, {2, 6, 4, 8}});
   CHECK(shownAt(worker, 4, 1) == 0x00ff00u);
   CHECK(shownAt(worker, 6, 3) == (guestPixel(0, 3) ^ 0xffffffu));
+}
+
+TEST_CASE("vga mode: a 16 bpp primary is shown as 32 bpp in the segment, written back as 16 bpp",
+          "[worker][output]") {
+  FakeGuest guest;
+  // 8x4 RGB565, stride 16, as a VGA-mode framebuffer: red = x, green = 8y, blue 31 in odd columns.
+  auto px16 = [](uint32_t x, uint32_t y) {
+    return static_cast<uint16_t>(x << 11 | (8 * y) << 5 | (x % 2 ? 31 : 0));
+  };
+  // 565 to 888 as pixman widens channels: the high bits repeated into the low ones.
+  auto px32 = [](uint16_t v) {
+    const uint32_t r = v >> 11, g = (v >> 5) & 63, b = v & 31;
+    return (r << 3 | r >> 2) << 16 | (g << 2 | g >> 4) << 8 | (b << 3 | b >> 2);
+  };
+  for (uint32_t y = 0; y < PH; ++y)
+    for (uint32_t x = 0; x < PW; ++x) {
+      const uint16_t v = px16(x, y);
+      std::memcpy(guest.ram.data() + PRIMARY_OFFSET + y * PW * 2 + x * 2, &v, 2);
+    }
+  Worker worker;
+  worker.attach(guest.view());
+  REQUIRE_FALSE(giveSegment(worker, {}));  // 8x4 at 32 bpp: the shadow
+  CHECK(runItems(worker, 2, [](auto items) {
+          setSlots(items[0], RAM_SLOT);
+          setPrimary(items[1], PW * 2, PW, PH, SPICE_SURFACE_FMT_16_565);
+        }) == 0);
+  for (uint32_t y = 0; y < PH; ++y)
+    for (uint32_t x = 0; x < PW; ++x) {
+      INFO(x << "," << y);
+      CHECK((shownAt(worker, x, y) & 0xffffffu) == px32(px16(x, y)));
+    }
+  // A fill in the surface's own format (pure red in 565), then UPDATE_AREA of the whole primary:
+  // the segment shows it widened, the guest's framebuffer gets the 16 bpp value back.
+  const uint64_t fill = writeFill(guest, 4096, 0, qrect(2, 1, 5, 3), 0xf800);
+  CHECK(runItems(worker, 2, [fill](auto items) {
+          setCommand(items[0], fill, QXL_CMD_DRAW);
+          setUpdate(items[1], 0, 0, 0, PW, PH);
+        }) == 0);
+  CHECK(worker.stats().updateAreaWrites == 1);
+  for (uint32_t y = 0; y < PH; ++y)
+    for (uint32_t x = 0; x < PW; ++x) {
+      INFO(x << "," << y);
+      const bool filled = x >= 2 && x < 5 && y >= 1 && y < 3;
+      const uint16_t want = filled ? 0xf800 : px16(x, y);
+      uint16_t got = 0;
+      std::memcpy(&got, guest.ram.data() + PRIMARY_OFFSET + y * PW * 2 + x * 2, 2);
+      CHECK(got == want);
+      CHECK((shownAt(worker, x, y) & 0xffffffu) == px32(want));
+    }
 }
 
 }  // namespace
