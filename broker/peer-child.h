@@ -7,6 +7,7 @@
 #include <capnp/message.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -42,16 +43,53 @@ struct RendererCopyBits {
   RendererRect dest;
 };
 using RendererHint = std::variant<RendererSolidFill, RendererCopyBits>;
+// render.capnp Cursor, checked (sizes against maxCursorDimension, pixels exactly width*height*4).
+struct RendererCursor {
+  bool visible = false;
+  int16_t x = 0, y = 0;
+  uint64_t shapeSerial = 0;
+  uint16_t width = 0, height = 0, hotSpotX = 0, hotSpotY = 0;
+  std::vector<uint32_t> pixels;  // ARGB32, width * height
+  bool operator==(const RendererCursor&) const = default;
+};
 struct RendererBatchDone {
   uint64_t seq = 0;
   uint32_t rejected = 0;
-  std::vector<RendererRect> damage;  // render.capnp BatchDone.damage, in primary coordinates
-  std::vector<RendererHint> hints;   // BatchDone.hints, in draw order
+  std::vector<RendererRect> damage;      // render.capnp BatchDone.damage, in primary coordinates
+  std::vector<RendererHint> hints;       // BatchDone.hints, in draw order
+  std::optional<RendererCursor> cursor;  // BatchDone.cursor, when the batch changed the pointer
+};
+
+// display.capnp NetproxyToBroker.input, checked against vmm.capnp InputEvent's ranges.
+struct NetproxyKey {
+  uint32_t scancode = 0;
+  bool down = false;
+};
+struct NetproxyMouseMotion {
+  int32_t dx = 0, dy = 0;
+  uint32_t buttons = 0;
+};
+struct NetproxyMousePosition {
+  uint32_t x = 0, y = 0;
+  uint8_t displayId = 0;
+  uint32_t buttons = 0;
+};
+struct NetproxyMouseButton {
+  uint8_t button = 0;
+  bool pressed = false;
+  uint32_t buttons = 0;
+};
+using NetproxyInput =
+    std::variant<NetproxyKey, NetproxyMouseMotion, NetproxyMousePosition, NetproxyMouseButton>;
+// display.capnp Clients (counts only, for the status line).
+struct NetproxyClients {
+  uint32_t sessions = 0, connections = 0;
+  uint64_t refused = 0;
 };
 
 // A boundary message beyond hello and heartbeat, decoded and range-checked by the peer, for the
 // Child's owner to act on. One alternative per message type of each boundary.
-using BoundaryMessage = std::variant<RendererBatchDone>;
+using BoundaryMessage = std::variant<RendererBatchDone, NetproxyInput, NetproxyClients>;
 
 // The boundary-specific half: one implementation per schema (peer-renderer.cpp,
 // peer-netproxy.cpp). It builds the broker's messages and decodes the child's into the events

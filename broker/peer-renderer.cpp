@@ -3,6 +3,7 @@
 #include <spdlog/fmt/fmt.h>
 
 #include <type_traits>
+#include <variant>
 
 #include "base/assert.h"
 #include "ipc/render.capnp.h"
@@ -33,10 +34,20 @@ class RendererPeer : public HeartbeatPeer<BrokerToRenderer, RendererToBroker, PR
                   std::to_string(MAX_ITEMS_PER_BATCH);
       return d;
     }
-    RendererBatchDone decoded{done.getSeq(), done.getRejected(), {}, {}};
+    RendererBatchDone decoded;
+    decoded.seq = done.getSeq();
+    decoded.rejected = done.getRejected();
     if (auto refusal = decodeOutput(done, decoded)) {
       d.refusal = std::move(*refusal);
       return d;
+    }
+    if (done.hasCursor()) {
+      auto cursor = decodeCursor(done.getCursor());
+      if (auto* refusal = std::get_if<std::string>(&cursor)) {
+        d.refusal = fmt::format("batchDone {}: {}", decoded.seq, *refusal);
+        return d;
+      }
+      decoded.cursor = std::move(std::get<RendererCursor>(cursor));
     }
     d.kind = Decoded::Kind::Boundary;
     d.boundary = std::move(decoded);
@@ -96,6 +107,38 @@ class RendererPeer : public HeartbeatPeer<BrokerToRenderer, RendererToBroker, PR
       }
     }
     return std::nullopt;
+  }
+
+  // render.capnp Cursor's invariants: a shape of 1 .. maxCursorDimension pixels a side exactly
+  // when shapeSerial is not 0, its hot spot inside it, exactly width * height ARGB32 pixels.
+  // The position is any Int16 (a pointer may lie off the primary).
+  static std::variant<RendererCursor, std::string> decodeCursor(Cursor::Reader c) {
+    const unsigned w = c.getWidth(), h = c.getHeight();
+    if (w > MAX_CURSOR_DIMENSION || h > MAX_CURSOR_DIMENSION)
+      return fmt::format("cursor shape of {}x{} pixels, at most {} a side are allowed", w, h,
+                         MAX_CURSOR_DIMENSION);
+    const bool hasShape = c.getShapeSerial() != 0;
+    if (hasShape != (w != 0) || hasShape != (h != 0))
+      return fmt::format("cursor shape of {}x{} pixels with shapeSerial {} (serial 0 is no shape)",
+                         w, h, c.getShapeSerial());
+    if (hasShape ? c.getHotSpotX() >= w || c.getHotSpotY() >= h
+                 : c.getHotSpotX() != 0 || c.getHotSpotY() != 0)
+      return fmt::format("cursor hot spot ({}, {}) lies outside its {}x{} shape", c.getHotSpotX(),
+                         c.getHotSpotY(), w, h);
+    auto bytes = c.getPixels();
+    // At most 128 * 128 * 4: both sides are checked above.
+    const uint64_t want = uint64_t{w} * h * 4;
+    if (bytes.size() != want)
+      return fmt::format("cursor shape of {}x{} pixels carries {} bytes of pixels, not {}", w, h,
+                         bytes.size(), want);
+    RendererCursor out{c.getVisible(),     c.getX(),        c.getY(),
+                       c.getShapeSerial(), c.getWidth(),    c.getHeight(),
+                       c.getHotSpotX(),    c.getHotSpotY(), {}};
+    out.pixels.resize(size_t{w} * h);
+    for (size_t i = 0; i < out.pixels.size(); ++i)  // little-endian ARGB32 on the wire
+      out.pixels[i] = uint32_t{bytes[4 * i]} | uint32_t{bytes[4 * i + 1]} << 8 |
+                      uint32_t{bytes[4 * i + 2]} << 16 | uint32_t{bytes[4 * i + 3]} << 24;
+    return out;
   }
 
   // Non-empty and inside [0, maxDisplayDimension) in both directions, or nullopt.

@@ -742,6 +742,118 @@ TEST_CASE("batch-done-rect-outside-primary: refused by the owner's check",
   CHECK_FALSE(broker::checkOutput(done, std::nullopt));
 }
 
+// A renderer's cursor: a w x h shape (serial 3) whose pixel i is i * 0x01010101, hot spot
+// (1, 1), at (-4, 600), then `change` tampers with it.
+broker::ChildPeer::Decoded decodeCursor(
+    unsigned w, unsigned h,
+    const std::function<void(ipc::render::Cursor::Builder)>& change = [](auto) {}) {
+  return decodeBatchDone([&](auto done) {
+    auto c = done.initCursor();
+    c.setVisible(true);
+    c.setX(-4);
+    c.setY(600);
+    c.setShapeSerial(3);
+    c.setWidth(static_cast<uint16_t>(w));
+    c.setHeight(static_cast<uint16_t>(h));
+    c.setHotSpotX(1);
+    c.setHotSpotY(1);
+    auto bytes = c.initPixels(w * h * 4);
+    for (unsigned i = 0; i < bytes.size(); ++i)
+      bytes[i] = static_cast<kj::byte>(i / 4);  // little-endian: every byte of pixel i is i
+    change(c);
+  });
+}
+
+TEST_CASE("batch-done cursor: decoded, pixels little-endian; absent when not sent",
+          "[peer-renderer]") {
+  auto d = decodeCursor(2, 3);
+  REQUIRE(d.kind == Kind::Boundary);
+  const auto& done = std::get<broker::RendererBatchDone>(d.boundary);
+  REQUIRE(done.cursor);
+  const broker::RendererCursor& c = *done.cursor;
+  CHECK(c.visible);
+  CHECK(c.x == -4);
+  CHECK(c.y == 600);
+  CHECK(c.shapeSerial == 3);
+  CHECK(c.width == 2);
+  CHECK(c.height == 3);
+  CHECK(c.hotSpotX == 1);
+  CHECK(c.hotSpotY == 1);
+  CHECK(c.pixels ==
+        std::vector<uint32_t>{0u, 0x01010101u, 0x02020202u, 0x03030303u, 0x04040404u, 0x05050505u});
+  // The largest shape.
+  const unsigned max = ipc::render::MAX_CURSOR_DIMENSION;
+  auto big = decodeCursor(max, max);
+  REQUIRE(big.kind == Kind::Boundary);
+  CHECK(std::get<broker::RendererBatchDone>(big.boundary).cursor->pixels.size() == max * max);
+  // No shape yet: serial 0, 0 x 0, no pixels.
+  auto none = decodeCursor(0, 0, [](auto c) {
+    c.setShapeSerial(0);
+    c.setHotSpotX(0);
+    c.setHotSpotY(0);
+  });
+  REQUIRE(none.kind == Kind::Boundary);
+  CHECK(std::get<broker::RendererBatchDone>(none.boundary).cursor->pixels.empty());
+  auto without = decodeBatchDone([](auto) {});
+  REQUIRE(without.kind == Kind::Boundary);
+  CHECK_FALSE(std::get<broker::RendererBatchDone>(without.boundary).cursor);
+}
+
+TEST_CASE("batch-done-cursor-oversized: wider or taller than maxCursorDimension, refused",
+          "[peer-renderer][hostile]") {
+  const unsigned over = ipc::render::MAX_CURSOR_DIMENSION + 1;
+  for (auto [w, h] : std::vector<std::pair<unsigned, unsigned>>{{over, 1}, {1, over}, {65535, 2}}) {
+    INFO(w << "x" << h);
+    // The pixels match the dimensions: only the size is wrong.
+    auto d = decodeCursor(w, h);
+    CHECK(d.kind == Kind::Refused);
+    CHECK_THAT(d.refusal, Catch::Contains("at most 128"));
+  }
+}
+
+TEST_CASE("batch-done-cursor-pixels-short-or-long: refused", "[peer-renderer][hostile]") {
+  for (int delta : {-4, -1, 1, 4}) {
+    INFO(delta);
+    auto d =
+        decodeCursor(4, 4, [delta](auto c) { c.initPixels(static_cast<unsigned>(64 + delta)); });
+    CHECK(d.kind == Kind::Refused);
+    CHECK_THAT(d.refusal, Catch::Contains("bytes of pixels"));
+  }
+  auto missing = decodeCursor(4, 4, [](auto c) { c.disownPixels(); });
+  CHECK(missing.kind == Kind::Refused);
+}
+
+TEST_CASE("batch-done-cursor-hot-spot-outside: refused", "[peer-renderer][hostile]") {
+  auto x = decodeCursor(4, 4, [](auto c) { c.setHotSpotX(4); });
+  CHECK(x.kind == Kind::Refused);
+  CHECK_THAT(x.refusal, Catch::Contains("hot spot"));
+  auto y = decodeCursor(4, 4, [](auto c) { c.setHotSpotY(65535); });
+  CHECK(y.kind == Kind::Refused);
+  auto inside = decodeCursor(4, 4, [](auto c) {
+    c.setHotSpotX(3);
+    c.setHotSpotY(3);
+  });
+  CHECK(inside.kind == Kind::Boundary);
+  // Without a shape there is nothing for a hot spot to lie in.
+  auto shapeless = decodeCursor(0, 0, [](auto c) { c.setShapeSerial(0); });
+  CHECK(shapeless.kind == Kind::Refused);
+}
+
+TEST_CASE("batch-done-cursor-serial-and-shape-disagree: refused", "[peer-renderer][hostile]") {
+  // Serial 0 (no shape) with a shape.
+  auto shaped = decodeCursor(2, 2, [](auto c) { c.setShapeSerial(0); });
+  CHECK(shaped.kind == Kind::Refused);
+  CHECK_THAT(shaped.refusal, Catch::Contains("shapeSerial"));
+  // A serial without a shape, or half a shape.
+  auto empty = decodeCursor(0, 0, [](auto c) {
+    c.setHotSpotX(0);
+    c.setHotSpotY(0);
+  });
+  CHECK(empty.kind == Kind::Refused);
+  auto flat = decodeCursor(0, 4, [](auto c) { c.setHotSpotX(0); });
+  CHECK(flat.kind == Kind::Refused);
+}
+
 TEST_CASE("display segment: sealed memfd of the page-rounded size; oversized refused",
           "[broker][segment]") {
   auto made = broker::createDisplaySegment(100, 3, 9);

@@ -14,7 +14,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("spicebox::ipc::render");
 using Common = import "common.capnp";
 
-const protocolVersion :UInt32 = 3;
+const protocolVersion :UInt32 = 4;
 
 # Output bounds of one batchDone (the broker refuses more, and kills the renderer).
 const maxDamageRects :UInt32 = 64;   # damage rectangles; more are merged into their bounding box
@@ -164,6 +164,27 @@ struct BatchDone {
                                      # unknown type); <= the batch's item count
   damage @2 :List(Rect);             # 0 .. maxDamageRects, each non-empty, inside the primary
   hints @3 :List(Hint);              # 0 .. maxHints, in draw order
+  cursor @4 :Cursor;                 # the pointer after the batch; set only when it differs from
+                                     # the last one reported (else null)
+}
+
+# Largest cursor shape the renderer reports (pixels per side): what SPICE clients draw (they take
+# up to 512, but 128 x 128 x 4 bytes keeps a batchDone inside one IPC frame). A larger shape is not
+# reported: the pointer keeps the previous shape.
+const maxCursorDimension :UInt32 = 128;
+
+# The guest's pointer, sanitised by the renderer (renderer/raster.h sanitiseCursor): whatever the
+# guest's cursor format, an ARGB32 straight-alpha shape (what spice-html5 draws).
+struct Cursor {
+  visible @0 :Bool;
+  x @1 :Int16;                       # hot spot position on the primary (may lie outside it)
+  y @2 :Int16;
+  shapeSerial @3 :UInt64;            # changes whenever the shape changes; 0: no shape yet
+  width @4 :UInt16;                  # 0 .. maxCursorDimension; 0 only with shapeSerial 0
+  height @5 :UInt16;                 # same
+  hotSpotX @6 :UInt16;               # < width (0 without a shape)
+  hotSpotY @7 :UInt16;               # < height
+  pixels @8 :Data;                   # width * height * 4 bytes, row-major, little-endian ARGB32
 }
 
 # Broker -> renderer.

@@ -1,6 +1,10 @@
 // Runs in: renderer. Enters the sandbox, then reads the first byte. Input: render.capnp messages
 // from the broker (trusted) and, through them, guest memory (hostile: renderer/worker.h).
+#include <capnp/serialize.h>
+#include <spdlog/spdlog.h>
+
 #include "ipc/child-link.h"
+#include "ipc/limits.h"
 #include "ipc/render.capnp.h"
 #include "renderer/sandbox-profile.h"
 #include "renderer/worker.h"
@@ -16,6 +20,28 @@ void setRect(ipc::render::Rect::Builder out, const qxlcmd::Rect& r) {
   out.setLeft(r.left);
   out.setBottom(r.bottom);
   out.setRight(r.right);
+}
+
+// The whole pointer, shape included (the broker keeps no state to apply a partial one to).
+void buildCursor(ipc::render::Cursor::Builder out, const CursorState& cursor) {
+  out.setVisible(cursor.visible);
+  out.setX(cursor.x);
+  out.setY(cursor.y);
+  out.setShapeSerial(cursor.shapeSerial);
+  const SanitisedCursor& shape = cursor.shape;
+  out.setWidth(shape.width);
+  out.setHeight(shape.height);
+  out.setHotSpotX(shape.hotSpotX);
+  out.setHotSpotY(shape.hotSpotY);
+  // At most maxCursorDimension^2 pixels (Worker::setCursorShape): 64 KiB.
+  auto bytes = out.initPixels(static_cast<unsigned>(shape.pixels.size() * 4));
+  for (size_t i = 0; i < shape.pixels.size(); ++i) {
+    const uint32_t p = shape.pixels[i];  // little-endian on the wire, whatever the host
+    bytes[4 * i] = static_cast<kj::byte>(p);
+    bytes[4 * i + 1] = static_cast<kj::byte>(p >> 8);
+    bytes[4 * i + 2] = static_cast<kj::byte>(p >> 16);
+    bytes[4 * i + 3] = static_cast<kj::byte>(p >> 24);
+  }
 }
 
 // The batch's damage and hints (the rasteriser bounds both by render.capnp's limits).
@@ -74,11 +100,24 @@ class RendererLink
         auto batch = root.getBatch();
         uint32_t rejected = worker_.runBatch(batch);
         capnp::MallocMessageBuilder reply;
-        auto done = reply.initRoot<RendererToBroker>().initBatchDone();
-        done.setSeq(batch.getSeq());
-        done.setRejected(rejected);
-        buildOutput(done, worker_.lastOutput());
-        channel().send(reply);
+        buildBatchDone(reply, batch.getSeq(), rejected, worker_.lastOutput());
+        // Every bound at its maximum (64 hints of 64 rectangles and a 128 x 128 cursor) makes a
+        // reply larger than one frame, which the channel refuses to send (ending this process).
+        // Then the primary's whole area is damage instead: always correct, never large.
+        if (capnp::computeSerializedSizeInWords(reply) * sizeof(capnp::word) >
+            ipc::MAX_FRAME_BYTES) {
+          PrimaryOutput whole;
+          if (pixman_image_t* image = worker_.displayImage())
+            whole.damage = {
+                qxlcmd::Rect{0, 0, pixman_image_get_height(image), pixman_image_get_width(image)}};
+          capnp::MallocMessageBuilder smaller;
+          buildBatchDone(smaller, batch.getSeq(), rejected, whole);
+          spdlog::debug("batchDone {}: damage and hints exceed one frame, sent as whole damage",
+                        batch.getSeq());
+          channel().send(smaller);
+        } else {
+          channel().send(reply);
+        }
         return std::nullopt;
       }
       default:
@@ -87,6 +126,17 @@ class RendererLink
   }
 
  private:
+  // The reply to one batch: its output, and the pointer when the batch changed it.
+  void buildBatchDone(capnp::MessageBuilder& message, uint64_t seq, uint32_t rejected,
+                      const PrimaryOutput& output) {
+    auto done = message.initRoot<RendererToBroker>().initBatchDone();
+    done.setSeq(seq);
+    done.setRejected(rejected);
+    buildOutput(done, output);
+    if (worker_.cursorChanged())
+      buildCursor(done.initCursor(), worker_.cursor());
+  }
+
   std::optional<GuestMapping> mapping_;
   Worker worker_;
 };

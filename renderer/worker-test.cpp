@@ -800,5 +800,315 @@ TEST_CASE("vga mode: a 16 bpp primary is shown as 32 bpp in the segment, written
     }
 }
 
+// ---------------------------------------------------------------- the pointer (issue 5)
+
+// Cursor commands at RAM offsets 1024 + 256 * i, shapes at 4096 + 1024 * i (their data follows).
+uint64_t ramAddr(size_t offset) {
+  return encode(SLOT, GENERATION, RAM_PHYS + offset);
+}
+
+uint64_t writeCursorCmd(FakeGuest& guest, unsigned i, uint8_t type, int16_t x = 0, int16_t y = 0,
+                        uint8_t visible = 1, uint64_t shape = 0) {
+  QXLCursorCmd c{};
+  c.type = type;
+  if (type == QXL_CURSOR_SET) {
+    c.u.set.position = {x, y};
+    c.u.set.visible = visible;
+    c.u.set.shape = shape;
+  } else if (type == QXL_CURSOR_MOVE) {
+    c.u.position = {x, y};
+  }
+  const size_t offset = 1024 + 256 * size_t{i};
+  REQUIRE(sizeof c <= 256);
+  std::memcpy(guest.ram.data() + offset, &c, sizeof c);
+  return ramAddr(offset);
+}
+
+// A QXLCursor whose data is one chunk.
+uint64_t writeCursorShape(FakeGuest& guest, unsigned i, uint16_t type, uint16_t width,
+                          uint16_t height, uint16_t hotX, uint16_t hotY,
+                          const std::vector<uint8_t>& data) {
+  QXLCursor c{};
+  c.header.unique = 100 + i;
+  c.header.type = type;
+  c.header.width = width;
+  c.header.height = height;
+  c.header.hot_spot_x = hotX;
+  c.header.hot_spot_y = hotY;
+  c.data_size = static_cast<uint32_t>(data.size());
+  c.chunk.data_size = static_cast<uint32_t>(data.size());
+  const size_t offset = 4096 + 1024 * size_t{i};
+  const size_t dataAt = offsetof(QXLCursor, chunk) + offsetof(QXLDataChunk, data);
+  REQUIRE(dataAt + data.size() <= 1024);
+  std::memcpy(guest.ram.data() + offset, &c, dataAt);
+  if (!data.empty())  // memcpy from an empty vector's null data() is undefined
+    std::memcpy(guest.ram.data() + offset + dataAt, data.data(), data.size());
+  return ramAddr(offset);
+}
+
+// An ALPHA shape's data: the pixels as little-endian ARGB32.
+std::vector<uint8_t> alphaData(const std::vector<uint32_t>& pixels) {
+  std::vector<uint8_t> out;
+  for (uint32_t p : pixels)
+    for (int b = 0; b < 4; ++b)
+      out.push_back(static_cast<uint8_t>(p >> (8 * b)));
+  return out;
+}
+
+const std::vector<uint32_t> ARROW = {0x80ff0000u, 0xff00ff00u, 0x00000000u, 0xff0000ffu};
+
+// Cursor-ring commands at `addrs`, after the memslot table when `slots`.
+uint32_t runCursor(Worker& worker, const std::vector<uint64_t>& addrs, bool slots = false) {
+  std::vector<CommandSpec> commands;
+  for (uint64_t a : addrs)
+    commands.push_back({Ring::CURSOR, a, QXL_CMD_CURSOR});
+  return run(worker, slots ? &RAM_SLOT : nullptr, commands);
+}
+
+TEST_CASE("cursor: SET, MOVE and HIDE in separate batches, each reported", "[worker][cursor]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  const uint64_t shape =
+      writeCursorShape(guest, 0, SPICE_CURSOR_TYPE_ALPHA, 2, 2, 1, 0, alphaData(ARROW));
+  const uint64_t set = writeCursorCmd(guest, 0, QXL_CURSOR_SET, 10, 20, 1, shape);
+  const uint64_t move = writeCursorCmd(guest, 1, QXL_CURSOR_MOVE, 30, -5);
+  const uint64_t hide = writeCursorCmd(guest, 2, QXL_CURSOR_HIDE);
+
+  REQUIRE(runCursor(worker, {set}, true) == 0);
+  REQUIRE(worker.cursorChanged());
+  const CursorState& c = worker.cursor();
+  CHECK(c.visible);
+  CHECK(c.x == 10);
+  CHECK(c.y == 20);
+  CHECK(c.shapeSerial == 1);
+  CHECK(c.shape.width == 2);
+  CHECK(c.shape.height == 2);
+  CHECK(c.shape.hotSpotX == 1);
+  CHECK(c.shape.hotSpotY == 0);
+  CHECK(c.shape.pixels == ARROW);
+
+  REQUIRE(runCursor(worker, {move}) == 0);
+  CHECK(worker.cursorChanged());
+  CHECK(c.x == 30);
+  CHECK(c.y == -5);
+  CHECK(c.visible);
+  CHECK(c.shapeSerial == 1);
+
+  REQUIRE(runCursor(worker, {hide}) == 0);
+  CHECK(worker.cursorChanged());
+  CHECK_FALSE(c.visible);
+  CHECK(c.shapeSerial == 1);
+  CHECK(c.shape.pixels == ARROW);  // hidden, not forgotten
+
+  // As spice-server does: a move shows a hidden pointer.
+  REQUIRE(runCursor(worker, {move}) == 0);
+  CHECK(worker.cursorChanged());
+  CHECK(c.visible);
+
+  // Nothing changed: a batch without cursor commands, then a move to where the pointer is.
+  REQUIRE(runCursor(worker, {}) == 0);
+  CHECK_FALSE(worker.cursorChanged());
+  REQUIRE(runCursor(worker, {move}) == 0);
+  CHECK_FALSE(worker.cursorChanged());
+  CHECK(worker.stats().cursorReports == 4);
+}
+
+TEST_CASE("cursor: SET, MOVE and HIDE in one batch report the final pointer", "[worker][cursor]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  const uint64_t shape =
+      writeCursorShape(guest, 0, SPICE_CURSOR_TYPE_ALPHA, 2, 2, 0, 1, alphaData(ARROW));
+  REQUIRE(runCursor(worker,
+                    {writeCursorCmd(guest, 0, QXL_CURSOR_SET, 1, 2, 1, shape),
+                     writeCursorCmd(guest, 1, QXL_CURSOR_MOVE, 7, 8),
+                     writeCursorCmd(guest, 2, QXL_CURSOR_HIDE)},
+                    true) == 0);
+  CHECK(worker.stats().cursors == 3);
+  REQUIRE(worker.cursorChanged());
+  CHECK_FALSE(worker.cursor().visible);
+  CHECK(worker.cursor().x == 7);
+  CHECK(worker.cursor().y == 8);
+  CHECK(worker.cursor().shapeSerial == 1);
+  CHECK(worker.cursor().shape.pixels == ARROW);
+  CHECK(worker.stats().cursorReports == 1);
+  // A SET without a shape moves and shows the pointer; its shape stays.
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 3, QXL_CURSOR_SET, 3, 4, 1, 0)}) == 0);
+  CHECK(worker.cursorChanged());
+  CHECK(worker.cursor().visible);
+  CHECK(worker.cursor().x == 3);
+  CHECK(worker.cursor().shapeSerial == 1);
+}
+
+TEST_CASE("cursor: the same shape again keeps its serial, another one gets the next",
+          "[worker][cursor]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  const auto a = writeCursorShape(guest, 0, SPICE_CURSOR_TYPE_ALPHA, 2, 2, 0, 0, alphaData(ARROW));
+  // The same pixels under another `unique`, as guests send them.
+  const auto same =
+      writeCursorShape(guest, 1, SPICE_CURSOR_TYPE_ALPHA, 2, 2, 0, 0, alphaData(ARROW));
+  auto other = ARROW;
+  other[3] = 0xffffffffu;
+  const auto b = writeCursorShape(guest, 2, SPICE_CURSOR_TYPE_ALPHA, 2, 2, 0, 0, alphaData(other));
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 0, QXL_CURSOR_SET, 5, 5, 1, a)}, true) == 0);
+  CHECK(worker.cursor().shapeSerial == 1);
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 1, QXL_CURSOR_SET, 5, 5, 1, same)}) == 0);
+  CHECK_FALSE(worker.cursorChanged());
+  CHECK(worker.cursor().shapeSerial == 1);
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 2, QXL_CURSOR_SET, 5, 5, 1, b)}) == 0);
+  CHECK(worker.cursorChanged());
+  CHECK(worker.cursor().shapeSerial == 2);
+  CHECK(worker.cursor().shape.pixels == other);
+  CHECK(worker.stats().cursorShapes == 2);
+}
+
+TEST_CASE("cursor: a mono shape becomes ARGB32, its hot spot clamped into it", "[worker][cursor]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  // 2x1: AND mask 0b10 (pixel 0 transparent), XOR mask 0b01 (pixel 1 white); hot spot far out.
+  const auto mono = writeCursorShape(guest, 0, SPICE_CURSOR_TYPE_MONO, 2, 1, 9, 9, {0x80, 0x40});
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 0, QXL_CURSOR_SET, 0, 0, 1, mono)}, true) == 0);
+  REQUIRE(worker.cursorChanged());
+  CHECK(worker.cursor().shape.pixels == std::vector<uint32_t>{0u, 0xffffffffu});
+  CHECK(worker.cursor().shape.hotSpotX == 1);
+  CHECK(worker.cursor().shape.hotSpotY == 0);
+}
+
+TEST_CASE("cursor-shape-too-large: wider or taller than maxCursorDimension keeps the shape",
+          "[worker][cursor][hostile]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  const auto good =
+      writeCursorShape(guest, 0, SPICE_CURSOR_TYPE_ALPHA, 2, 2, 0, 0, alphaData(ARROW));
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 0, QXL_CURSOR_SET, 1, 1, 1, good)}, true) == 0);
+  REQUIRE(worker.cursor().shapeSerial == 1);
+  const uint16_t over = ipc::render::MAX_CURSOR_DIMENSION + 1;
+  // Mono keeps the data small: 2 masks of (width + 7) / 8 bytes a row. The decoder takes these
+  // (up to 512 a side); the worker does not report them.
+  const auto wide = writeCursorShape(guest, 1, SPICE_CURSOR_TYPE_MONO, over, 1, 0, 0,
+                                     std::vector<uint8_t>(2 * ((over + 7) / 8), 0xff));
+  const auto tall = writeCursorShape(guest, 2, SPICE_CURSOR_TYPE_MONO, 1, over, 0, 0,
+                                     std::vector<uint8_t>(2 * over, 0xff));
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 1, QXL_CURSOR_SET, 40, 41, 1, wide)}) == 0);
+  CHECK(worker.cursorChanged());  // the position is taken
+  CHECK(worker.cursor().x == 40);
+  CHECK(worker.cursor().shapeSerial == 1);
+  CHECK(worker.cursor().shape.width == 2);
+  CHECK(worker.cursor().shape.pixels == ARROW);
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 2, QXL_CURSOR_SET, 40, 41, 1, tall)}) == 0);
+  CHECK_FALSE(worker.cursorChanged());
+  CHECK(worker.cursor().shapeSerial == 1);
+  CHECK(worker.stats().cursorShapesRefused == 2);
+  // Exactly maxCursorDimension is taken.
+  const uint16_t max = ipc::render::MAX_CURSOR_DIMENSION;
+  const auto edge = writeCursorShape(guest, 3, SPICE_CURSOR_TYPE_MONO, max, 1, 0, 0,
+                                     std::vector<uint8_t>(2 * ((max + 7) / 8), 0));
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 3, QXL_CURSOR_SET, 40, 41, 1, edge)}) == 0);
+  CHECK(worker.cursorChanged());
+  CHECK(worker.cursor().shapeSerial == 2);
+  CHECK(worker.cursor().shape.width == max);
+}
+
+TEST_CASE("cursor-shape-empty: no pixels a side is refused, the previous shape stays",
+          "[worker][cursor][hostile]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  const auto empty = writeCursorShape(guest, 0, SPICE_CURSOR_TYPE_ALPHA, 0, 4, 0, 0, {});
+  const auto none = writeCursorShape(guest, 1, SPICE_CURSOR_TYPE_ALPHA, 0, 0, 0, 0, {});
+  // Before any shape: the pointer stays shapeless (serial 0, 0 x 0).
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 0, QXL_CURSOR_SET, 2, 3, 1, empty)}, true) == 0);
+  CHECK(worker.cursorChanged());
+  CHECK(worker.cursor().shapeSerial == 0);
+  CHECK(worker.cursor().shape.width == 0);
+  CHECK(worker.cursor().shape.height == 0);
+  CHECK(worker.cursor().shape.pixels.empty());
+  const auto good =
+      writeCursorShape(guest, 2, SPICE_CURSOR_TYPE_ALPHA, 2, 2, 0, 0, alphaData(ARROW));
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 1, QXL_CURSOR_SET, 2, 3, 1, good),
+                             writeCursorCmd(guest, 2, QXL_CURSOR_SET, 2, 3, 1, none)}) == 0);
+  CHECK(worker.cursor().shapeSerial == 1);
+  CHECK(worker.cursor().shape.pixels == ARROW);
+  CHECK(worker.stats().cursorShapesRefused == 2);
+}
+
+TEST_CASE("cursor-shape-beyond-decoder-bound: the SET is rejected whole, nothing changes",
+          "[worker][cursor][hostile]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  // Refused on its size, before its data is read.
+  const auto huge = writeCursorShape(guest, 0, SPICE_CURSOR_TYPE_MONO, 4096, 1, 0, 0, {});
+  CHECK(runCursor(worker, {writeCursorCmd(guest, 0, QXL_CURSOR_SET, 9, 9, 0, huge)}, true) == 1);
+  CHECK_FALSE(worker.cursorChanged());
+  CHECK(worker.cursor().visible);
+  CHECK(worker.cursor().x == 0);
+}
+
+TEST_CASE("cursor: reset and destroy-all-surfaces restore the initial pointer, serials not reused",
+          "[worker][cursor]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  const auto shape =
+      writeCursorShape(guest, 0, SPICE_CURSOR_TYPE_ALPHA, 2, 2, 1, 1, alphaData(ARROW));
+  const uint64_t set = writeCursorCmd(guest, 0, QXL_CURSOR_SET, 10, 20, 0, shape);
+  REQUIRE(runCursor(worker, {set}, true) == 0);
+  REQUIRE(worker.cursor().shapeSerial == 1);
+  auto checkInitial = [&worker] {
+    CHECK(worker.cursorChanged());
+    CHECK(worker.cursor().visible);
+    CHECK(worker.cursor().x == 0);
+    CHECK(worker.cursor().y == 0);
+    CHECK(worker.cursor().shapeSerial == 0);
+    CHECK(worker.cursor().shape.width == 0);
+    CHECK(worker.cursor().shape.pixels.empty());
+  };
+  // QXL_IO_RESET forgets the slots too: resend them after it.
+  REQUIRE(runItems(worker, 1, [](auto items) { items[0].setReset(); }) == 0);
+  checkInitial();
+  REQUIRE(runCursor(worker, {set}, true) == 0);
+  CHECK(worker.cursor().shapeSerial == 2);  // the same shape, but a new serial after the reset
+  REQUIRE(runItems(worker, 1, [](auto items) { items[0].setDestroyAllSurfaces(); }) == 0);
+  checkInitial();
+  // A reset, the slots and a SET in one batch: the SET's pointer.
+  REQUIRE(runItems(worker, 3, [set](auto items) {
+            items[0].setReset();
+            setSlots(items[1], RAM_SLOT);
+            auto command = items[2].initCommand();
+            command.setRing(Ring::CURSOR);
+            command.setAddr(set);
+            command.setType(QXL_CMD_CURSOR);
+          }) == 0);
+  CHECK(worker.cursorChanged());
+  CHECK(worker.cursor().shapeSerial == 3);
+  CHECK(worker.cursor().x == 10);
+  CHECK_FALSE(worker.cursor().visible);
+}
+
+TEST_CASE("cursor: a new guest starts from the initial pointer, reported with its first batch",
+          "[worker][cursor]") {
+  FakeGuest guest;
+  Worker worker;
+  worker.attach(guest.view());
+  const auto shape =
+      writeCursorShape(guest, 0, SPICE_CURSOR_TYPE_ALPHA, 2, 2, 1, 1, alphaData(ARROW));
+  REQUIRE(runCursor(worker, {writeCursorCmd(guest, 0, QXL_CURSOR_SET, 10, 20, 1, shape)}, true) ==
+          0);
+  worker.detach();
+  worker.attach(guest.view());
+  REQUIRE(runCursor(worker, {}, true) == 0);
+  CHECK(worker.cursorChanged());
+  CHECK(worker.cursor().shapeSerial == 0);
+  CHECK(worker.cursor().x == 0);
+  REQUIRE(runCursor(worker, {}) == 0);
+  CHECK_FALSE(worker.cursorChanged());
+}
+
 }  // namespace
 }  // namespace spicebox::renderer

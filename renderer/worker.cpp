@@ -173,6 +173,9 @@ void Worker::detach() {
   slots_.reset();
   primary_.reset();
   forgetSurfaces();
+  // A new guest starts with a new device's pointer. Not reported by itself: the next batch
+  // reports it when it differs from the last pointer reported.
+  resetCursor();
   // The VMM is gone: so is its display (the broker dropped the segment too).
   segment_.reset();
 }
@@ -181,6 +184,69 @@ void Worker::forgetSurfaces() {
   raster_.destroyAll();
   primarySegment_.reset();  // after the rasteriser let go of it
   guestSurfaces_.clear();
+}
+
+void Worker::resetCursor() {
+  cursor_ = CursorState{};  // lastShapeSerial_ stays: serials are never reused
+}
+
+void Worker::cursorShapeRefused(const qxlcmd::CursorShape& shape, std::string_view why) {
+  const uint64_t n = ++stats_.cursorShapesRefused;
+  if (powerOfTwo(n))
+    spdlog::debug("cursor shape {}x{} (type {}) not taken, the pointer keeps its own: {} ({})",
+                  shape.width, shape.height, unsigned{shape.type}, why, n);
+}
+
+void Worker::setCursorShape(const qxlcmd::CursorShape& shape) {
+  // The decoder allows MAX_CURSOR_DIMENSION (512, what clients take); the broker takes at most
+  // maxCursorDimension, so that a batchDone fits one IPC frame.
+  if (shape.width > ipc::render::MAX_CURSOR_DIMENSION ||
+      shape.height > ipc::render::MAX_CURSOR_DIMENSION)
+    return cursorShapeRefused(
+        shape, fmt::format("larger than {} pixels a side", ipc::render::MAX_CURSOR_DIMENSION));
+  // render.capnp: a 0 x 0 shape means "no shape"; a guest cannot set that.
+  if (shape.width == 0 || shape.height == 0)
+    return cursorShapeRefused(shape, "empty");
+  auto sanitised = sanitiseCursor(shape);
+  if (const auto* error = std::get_if<RasterError>(&sanitised))
+    return cursorShapeRefused(shape, describe(*error));
+  auto& next = std::get<SanitisedCursor>(sanitised);
+  const SanitisedCursor& now = cursor_.shape;
+  // Guests set the same shape again and again (on every SET, often with a new `unique`): the
+  // serial changes only when what a client draws changes.
+  if (cursor_.shapeSerial != 0 && next.width == now.width && next.height == now.height &&
+      next.hotSpotX == now.hotSpotX && next.hotSpotY == now.hotSpotY && next.pixels == now.pixels)
+    return;
+  cursor_.shape = std::move(next);
+  cursor_.shapeSerial = ++lastShapeSerial_;
+  ++stats_.cursorShapes;
+}
+
+void Worker::applyCursor(const qxlcmd::CursorCmd& command) {
+  switch (command.type) {
+    case QXL_CURSOR_SET:
+      cursor_.x = command.position.x;
+      cursor_.y = command.position.y;
+      cursor_.visible = command.visible != 0;
+      // Without a shape (address 0) the pointer keeps the one it has.
+      if (command.shape)
+        setCursorShape(*command.shape);
+      break;
+    case QXL_CURSOR_MOVE:
+      // As spice-server's cursor channel does (CursorChannel::process_cmd): a move shows a
+      // hidden pointer.
+      cursor_.x = command.position.x;
+      cursor_.y = command.position.y;
+      cursor_.visible = true;
+      break;
+    case QXL_CURSOR_HIDE:
+      cursor_.visible = false;
+      break;
+    default:
+      // QXL_CURSOR_TRAIL (the decoder refuses other types): trails are drawn by no client we
+      // serve, so they are ignored.
+      break;
+  }
 }
 
 void Worker::rasterFailed(const char* what, RasterError error) {
@@ -303,12 +369,7 @@ void Worker::render(const qxlcmd::Command& command, const SurfaceMemory& memory)
     else if (!result && memory.size > 0)
       guestSurfaces_[surface->surfaceId] = {memory.guestAddr, memory.size, surface->stride};
   } else if (const auto* cursor = std::get_if<qxlcmd::CursorCmd>(&command.body)) {
-    if (cursor->shape) {
-      // TODO(issue-5): the sanitised shape goes to the cursor channel.
-      auto shape = sanitiseCursor(*cursor->shape);
-      if (auto* error = std::get_if<RasterError>(&shape))
-        result = *error;
-    }
+    return applyCursor(*cursor);  // not a draw: refused shapes are counted on their own
   } else {
     return;  // update and message commands draw nothing
   }
@@ -367,6 +428,9 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
       case WorkItem::DESTROY_ALL_SURFACES:
         primary_.reset();
         forgetSurfaces();
+        // spice-server resets its cursor channel here too (handle_dev_destroy_surfaces): the
+        // guest sets its pointer again.
+        resetCursor();
         break;
       case WorkItem::UPDATE_AREA:
         // Inside the batch: the device completes the UPDATE_AREA when the batch is done, and the
@@ -386,6 +450,7 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
         forgetSurfaces();
         if (slots_)
           slots_->reset();
+        resetCursor();  // QEMU's hard reset resets spice-server's cursor channel
         break;
       default:
         // A newer broker's item this renderer does not know: a mismatched installation, and the
@@ -404,6 +469,14 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
     lastOutput_.hints.clear();
     lastOutput_.damage = {
         qxlcmd::Rect{0, 0, static_cast<int32_t>(s->height), static_cast<int32_t>(s->width)}};
+  }
+  // Reported whenever the pointer differs from the last report, whatever changed it: a cursor
+  // command, a reset or all surfaces destroyed (then the initial pointer is reported).
+  const CursorKey key{cursor_.visible, cursor_.x, cursor_.y, cursor_.shapeSerial};
+  cursorChanged_ = key != reportedCursor_;
+  if (cursorChanged_) {
+    reportedCursor_ = key;
+    ++stats_.cursorReports;
   }
   stats_.damageRects += lastOutput_.damage.size();
   stats_.hints += lastOutput_.hints.size();

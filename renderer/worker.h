@@ -17,6 +17,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <variant>
 
@@ -96,6 +97,9 @@ struct WorkerStats {
   uint64_t updateAreaWrites = 0;  // UPDATE_AREAs written back into guest memory
   uint64_t updateAreaRefused = 0;  // UPDATE_AREAs not written (unknown surface, bad area, memory)
   uint64_t initialPixelsMissing = 0;  // primaries whose `mem` did not translate: started black
+  uint64_t cursorShapes = 0;          // new pointer shapes taken (each got a new shapeSerial)
+  uint64_t cursorShapesRefused = 0;   // QXL_CURSOR_SET shapes not taken (too large, unreadable)
+  uint64_t cursorReports = 0;         // batches that reported the pointer (BatchDone.cursor)
   // Rejections by DecodeErrorKind (the index); also drives the per-kind log rate limit.
   std::array<uint64_t, DECODE_ERROR_KIND_COUNT> rejectedByKind{};
 };
@@ -110,6 +114,16 @@ struct CommandContext {
 // Called once per successfully decoded command, in ring order. The tree and the span are
 // valid during the call only.
 using CommandHook = std::function<void(const qxlcmd::Command&, const CommandContext&)>;
+
+// The guest's pointer (render.capnp Cursor), kept across batches. The initial state is what
+// spice-server's cursor channel starts from and returns to on reset (CursorChannel::reset):
+// visible, at (0, 0), no shape.
+struct CursorState {
+  bool visible = true;
+  int16_t x = 0, y = 0;      // hot spot position on the primary, as the guest set it
+  uint64_t shapeSerial = 0;  // 0: no shape (then shape is empty, 0 x 0)
+  SanitisedCursor shape;     // ARGB32, at most maxCursorDimension per side, never 0 x 0 when set
+};
 
 // A primary surface as announced by the device (the pixels stay in guest memory).
 struct PrimaryState {
@@ -138,6 +152,12 @@ class Worker {
   uint32_t runBatch(ipc::render::Batch::Reader batch);
   // The primary's output of the last batch (render.capnp BatchDone damage and hints).
   const PrimaryOutput& lastOutput() const { return lastOutput_; }
+
+  // The pointer after the last batch, and whether that batch changed it (visibility, position or
+  // shape) compared with the last pointer reported: then BatchDone.cursor carries all of it,
+  // shape included, so the broker keeps no cursor state of its own to apply it to.
+  const CursorState& cursor() const { return cursor_; }
+  bool cursorChanged() const { return cursorChanged_; }
 
   // Where decoded commands go (the rasteriser); a no-op until set.
   void setCommandHook(CommandHook hook) { hook_ = std::move(hook); }
@@ -168,6 +188,14 @@ class Worker {
   // The guest memory of `size` bytes at `addr`, translated through today's slots, or empty.
   std::span<std::byte> locate(uint64_t addr, uint64_t size) const;
   void forgetSurfaces();
+  // QXL_CURSOR_SET / MOVE / HIDE / TRAIL applied to the pointer state.
+  void applyCursor(const qxlcmd::CursorCmd& command);
+  // A SET's shape, sanitised; one that is too large or refused keeps the previous shape.
+  void setCursorShape(const qxlcmd::CursorShape& shape);
+  // Counts a shape that is not taken and logs it (debug) at the 1st, 2nd, 4th ... time.
+  void cursorShapeRefused(const qxlcmd::CursorShape& shape, std::string_view why);
+  // Back to the initial pointer (device reset, all surfaces destroyed, guest gone).
+  void resetCursor();
   // Counts a rasteriser refusal and logs it at the 1st, 2nd, 4th ... time.
   void rasterFailed(const char* what, RasterError error);
 
@@ -191,6 +219,21 @@ class Worker {
   Rasteriser raster_;
   bool primaryCreatedInBatch_ = false;
   PrimaryOutput lastOutput_;
+  CursorState cursor_;
+  // The last serial handed out: serials keep increasing across resets, so a shape set after a
+  // reset never reuses the serial of a shape before it (within this renderer process).
+  uint64_t lastShapeSerial_ = 0;
+  // What the last report said (visible, x, y, shapeSerial): the next batch reports when the
+  // pointer differs from it. Initially the initial pointer: a fresh renderer reports nothing
+  // until the guest changes the pointer.
+  struct CursorKey {
+    bool visible = true;
+    int16_t x = 0, y = 0;
+    uint64_t shapeSerial = 0;
+    bool operator==(const CursorKey&) const = default;
+  };
+  CursorKey reportedCursor_;
+  bool cursorChanged_ = false;
 };
 
 }  // namespace spicebox::renderer
