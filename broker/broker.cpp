@@ -6,6 +6,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <type_traits>
@@ -47,8 +48,17 @@ std::variant<std::shared_ptr<DisplaySegment>, std::string> createDisplaySegment(
   // Nobody who gets the descriptor can shrink it under another's mapping (SIGBUS) or grow it.
   if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
     return fmt::format("cannot seal a display segment: {}", std::strerror(errno));
+  // The netproxy's copy: a new open file description, read-only, so no mapping of it can write.
+  base::Fd readOnly(
+      ::open(fmt::format("/proc/self/fd/{}", fd.get()).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!readOnly)
+    return fmt::format(
+        "cannot reopen a display segment read-only through /proc/self/fd: {} (is "
+        "/proc mounted?)",
+        std::strerror(errno));
   auto segment = std::make_shared<DisplaySegment>();
   segment->fd = std::move(fd);
+  segment->readOnly = std::move(readOnly);
   segment->layout = DisplaySegmentLayout{generation, size, stride, width, height};
   return segment;
 }
@@ -108,14 +118,20 @@ int Broker::run() {
       .onReady = nullptr,
       .onMessage = nullptr,
   };
+  Child::Events netproxyEvents = events;
+  netproxyEvents.onReady = [this] { onNetproxyReady(); };
+  netproxyEvents.onMessage = [this](const BoundaryMessage& m) { return onNetproxyMessage(m); };
   Child::Events rendererEvents = events;
   rendererEvents.onReady = [this] { onRendererReady(); };
   rendererEvents.onMessage = [this](const BoundaryMessage& m) { return onRendererMessage(m); };
   renderer_ = std::make_unique<Child>(&loop_, makeRendererPeer(), childSpec("renderer"),
                                       config_.supervision, rendererEvents);
   netproxy_ = std::make_unique<Child>(&loop_, makeNetproxyPeer(), childSpec("netproxy"),
-                                      config_.supervision, events);
-  // Before the children start: a socket path that cannot be used ends the broker at once.
+                                      config_.supervision, netproxyEvents);
+  // Before the children start: an address or a socket path that cannot be used ends the broker
+  // at once.
+  if (!openListeners())
+    return 2;
   startVmm();
   uv_timer_init(&loop_, statusTimer_.get());
   statusTimer_->data = this;
@@ -148,8 +164,12 @@ void Broker::startVmm() {
   // The built-in guest is a VMM like any other, on a private socketpair: its end becomes its
   // descriptor 3, ours is served as if it had connected to --vmm-socket.
   auto [ours, theirs] = ipc::socketPair();
-  std::vector<std::string> argv{builtinGuestPath(config_), "--vmm-fd", "3", "--scenario",
-                                config_.builtinGuest};
+  std::vector<std::string> argv{builtinGuestPath(config_), "--vmm-fd", "3"};
+  // A recording named in --guest-args replaces the scenario.
+  if (std::find(config_.guestArgs.begin(), config_.guestArgs.end(), "--replay") ==
+      config_.guestArgs.end())
+    argv.insert(argv.end(), {"--scenario", config_.builtinGuest});
+  argv.insert(argv.end(), config_.guestArgs.begin(), config_.guestArgs.end());
   if (!config_.logLevel.empty()) {
     argv.push_back("--log-level");
     argv.push_back(config_.logLevel);
@@ -165,7 +185,109 @@ void Broker::onRendererReady() {
   // it from rendererAvailable()).
   inFlight_.clear();
   orphaned_.clear();
+  ++rendererIncarnation_;
   connectRendererToDevice();
+}
+
+bool Broker::openListeners() {
+  for (const std::string& spec : config_.listen) {
+    auto made = listenTcp(spec);
+    if (auto* error = std::get_if<std::string>(&made)) {
+      spdlog::error("{}", *error);
+      return false;
+    }
+    listeners_.push_back(std::move(std::get<ListeningSocket>(made)));
+  }
+  if (config_.unixSocket) {
+    auto made = listenUnix(*config_.unixSocket);
+    if (auto* error = std::get_if<std::string>(&made)) {
+      spdlog::error("{}", *error);
+      return false;
+    }
+    listeners_.push_back(std::move(std::get<ListeningSocket>(made)));
+  }
+  config_.clients.listeners.clear();
+  for (const ListeningSocket& l : listeners_) {
+    spdlog::info("listening for SPICE clients on {} ({})", l.name, l.unix ? "unix" : "tcp");
+    config_.clients.listeners.emplace_back(l.unix, l.name);
+  }
+  if (listeners_.empty())
+    spdlog::info("no --listen or --unix: no SPICE client can connect");
+  return true;
+}
+
+void Broker::onNetproxyReady() {
+  if (listeners_.empty())
+    return;  // it serves nobody: nothing to tell it
+  capnp::MallocMessageBuilder message;
+  buildConfigure(message, config_.clients);
+  std::vector<int> fds;
+  for (const ListeningSocket& l : listeners_)
+    fds.push_back(l.fd.get());
+  if (!netproxy_->send(message, fds))
+    return;  // being replaced: its successor gets here again
+  sendNetproxySegment();
+  if (cursor_) {
+    capnp::MallocMessageBuilder cursor;
+    buildCursor(cursor, *cursor_);
+    netproxy_->send(cursor);
+  }
+}
+
+void Broker::sendNetproxySegment() {
+  if (listeners_.empty())
+    return;
+  capnp::MallocMessageBuilder message;
+  if (!shownSegment_) {
+    buildNoDisplay(message);
+    netproxy_->send(message);
+    return;
+  }
+  buildNetproxySegment(message, shownSegment_->layout);
+  const int fds[] = {shownSegment_->readOnly.get()};
+  netproxy_->send(message, fds);
+}
+
+void Broker::forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
+                           const RendererBatchDone& done) {
+  if (segmentAfter != shownSegment_) {
+    // A new primary (the renderer has drawn this batch into it: clients get the whole picture),
+    // or none.
+    shownSegment_ = segmentAfter;
+    sendNetproxySegment();
+  } else if (shownSegment_ && listeners_.size() > 0 &&
+             (!done.damage.empty() || !done.hints.empty())) {
+    capnp::MallocMessageBuilder message;
+    buildFrame(message, shownSegment_->layout.generation, done.damage, done.hints);
+    netproxy_->send(message);
+  }
+  if (done.cursor) {
+    cursor_ = done.cursor;
+    // Serials are per renderer process (a restarted one counts from 1 again): made unique per
+    // broker run, so a netproxy that keeps the shape of a serial never shows a stale one.
+    if (cursor_->shapeSerial != 0)
+      cursor_->shapeSerial |= rendererIncarnation_ << 32;
+    if (!listeners_.empty()) {
+      capnp::MallocMessageBuilder message;
+      buildCursor(message, *cursor_);
+      netproxy_->send(message);
+    }
+  }
+}
+
+ipc::Channel::Verdict Broker::onNetproxyMessage(const BoundaryMessage& message) {
+  if (const auto* clients = std::get_if<NetproxyClients>(&message)) {
+    clients_ = *clients;
+    reportStatus();
+    return std::nullopt;
+  }
+  if (const auto* input = std::get_if<NetproxyInput>(&message)) {
+    ++inputs_;
+    if (vmm_)
+      vmm_->sendInput(*input);  // no VMM linked: the event has nowhere to go
+    return std::nullopt;
+  }
+  return std::string("a renderer message on the netproxy's channel");
 }
 
 void Broker::onLinked() {
@@ -179,6 +301,15 @@ void Broker::onUnlinked() {
   orphaned_.insert(orphaned_.end(), inFlight_.begin(), inFlight_.end());
   inFlight_.clear();
   dropSegments();
+  if (cursor_) {
+    // The guest's pointer went with it: clients see none until the next guest sets one.
+    cursor_ = RendererCursor{};
+    if (!listeners_.empty()) {
+      capnp::MallocMessageBuilder message;
+      buildCursor(message, *cursor_);
+      netproxy_->send(message);
+    }
+  }
   capnp::MallocMessageBuilder message;
   buildDropGuestMemory(message);
   renderer_->send(message);  // no ready renderer: the next one starts without guest memory
@@ -213,6 +344,10 @@ void Broker::dropSegments() {
   segment_.reset();
   plannedPrimary_.reset();
   plans_.clear();
+  if (shownSegment_) {
+    shownSegment_.reset();
+    sendNetproxySegment();
+  }
 }
 
 Broker::BatchOutputPlan Broker::planBatch(std::span<const qxl::WorkItem> items) {
@@ -245,6 +380,7 @@ Broker::BatchOutputPlan Broker::planBatch(std::span<const qxl::WorkItem> items) 
     }
   }
   plan.primaryAfter = plannedPrimary_;
+  plan.segmentAfter = segment_;
   return plan;
 }
 
@@ -286,11 +422,11 @@ ipc::Channel::Verdict Broker::onRendererMessage(const BoundaryMessage& message) 
       plan != plans_.end() ? plan->second.primaryAfter : std::nullopt;
   if (auto refusal = checkOutput(done, primary))
     return refusal;
+  forwardOutput(plan != plans_.end() ? plan->second.segmentAfter : nullptr, done);
   plans_.erase(plans_.begin(), plans_.upper_bound(done.seq));
   inFlight_.pop_front();
   damageRects_ += done.damage.size();
   hints_ += done.hints.size();
-  lastOutput_ = done;  // TODO(issue-5): the netproxy forwards it to clients
   if (done.rejected > 0)
     spdlog::debug("renderer could not read {} commands of batch {}", done.rejected, done.seq);
   const qxl::Device* device = vmm_ ? vmm_->device() : nullptr;
@@ -350,6 +486,9 @@ void Broker::reportStatus() {
     status += fmt::format("; display {}x{} (segment {}), {} damage rects, {} hints",
                           segment_->layout.width, segment_->layout.height,
                           segment_->layout.generation, damageRects_, hints_);
+  if (!listeners_.empty())
+    status += fmt::format("; clients {} ({} connections, {} refused), {} inputs", clients_.sessions,
+                          clients_.connections, clients_.refused, inputs_);
   if (status == lastStatus_)
     return;
   lastStatus_ = status;

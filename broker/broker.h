@@ -17,6 +17,8 @@
 #include "base/fd.h"
 #include "base/uv-handle.h"
 #include "broker/children.h"
+#include "broker/listeners.h"
+#include "broker/peer-netproxy.h"
 #include "broker/peer-renderer.h"
 #include "broker/vmm-link.h"
 #include "sandbox/sandbox.h"
@@ -32,6 +34,15 @@ struct Config {
   // --builtin-guest: scenario of the spicebox-guestsim the broker starts as its VMM when there is
   // no --vmm-socket; "none" disables it.
   std::string builtinGuest = "desktop";
+  std::vector<std::string> guestArgs;  // --guest-args: more arguments for the built-in guest
+  // SPICE clients: --listen ADDR:PORT (any number, with --unix at most display.capnp
+  // maxListeners in all), --unix PATH; none: the netproxy serves nobody.
+  std::vector<std::string> listen;
+  std::optional<UnixSocketOptions> unixSocket;
+  // Password (read from --password-file by main.cpp, never from the command line) or
+  // ticketing disabled, client limit, image compression, mouse mode. `listeners` is filled by
+  // the broker from the sockets it opens.
+  NetproxySettings clients;
 };
 
 // Path of the built-in guest's binary for `config`.
@@ -44,6 +55,7 @@ bool usesBuiltinGuest(const Config& config);
 // read-only (issue 5/6).
 struct DisplaySegment {
   base::Fd fd;
+  base::Fd readOnly;  // the same memfd opened read-only: what the netproxy gets
   DisplaySegmentLayout layout;
 };
 
@@ -65,6 +77,8 @@ class Broker {
  private:
   ChildSpec childSpec(const char* name) const;
   void startVmm();
+  // Opens --listen / --unix; false (logged) when one cannot be used.
+  bool openListeners();
   void onSignal(int signum);
   // Stops the children in order (netproxy first: clients stop seeing the display; then the
   // renderer, then the built-in guest), then lets the loop end.
@@ -74,6 +88,14 @@ class Broker {
 
   // The device path: VMM link <-> renderer.
   void onRendererReady();
+  // The netproxy: its configuration and listening sockets, the picture, the pointer.
+  void onNetproxyReady();
+  ipc::Channel::Verdict onNetproxyMessage(const BoundaryMessage& message);
+  // After a batchDone: what the netproxy's clients must see (a new segment, no display, or the
+  // batch's damage and hints on the segment they have).
+  void forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
+                     const RendererBatchDone& done);
+  void sendNetproxySegment();
   void onLinked();
   void onUnlinked();
   // Gives the renderer the guest memory and lets the device resend its state.
@@ -87,6 +109,7 @@ class Broker {
   struct BatchOutputPlan {
     std::shared_ptr<DisplaySegment> segment;
     std::optional<PrimarySize> primaryAfter;
+    std::shared_ptr<DisplaySegment> segmentAfter;  // the primary's segment when the batch ends
   };
   BatchOutputPlan planBatch(std::span<const qxl::WorkItem> items);
   void dropSegments();
@@ -112,8 +135,14 @@ class Broker {
   std::optional<PrimarySize> plannedPrimary_;
   std::map<uint64_t, BatchOutputPlan> plans_;
   uint64_t nextSegmentGeneration_ = 1;
-  // The last batchDone's output (issues 5/6: the netproxy forwards it) and running totals.
-  RendererBatchDone lastOutput_;
+  // The listening sockets (kept across netproxy restarts), the segment the netproxy shows (the
+  // renderer has finished a batch on it), the pointer, and what the netproxy reports.
+  std::vector<ListeningSocket> listeners_;
+  std::shared_ptr<DisplaySegment> shownSegment_;
+  std::optional<RendererCursor> cursor_;
+  uint64_t rendererIncarnation_ = 0;  // renderer processes that reported ready
+  NetproxyClients clients_;
+  uint64_t inputs_ = 0;
   uint64_t damageRects_ = 0;
   uint64_t hints_ = 0;
   bool shuttingDown_ = false;

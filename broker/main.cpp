@@ -3,7 +3,10 @@
 #include <CLI/CLI.hpp>
 
 #include <climits>
+#include <cstdlib>
+#include <ctime>
 #include <filesystem>
+#include <sstream>
 
 #include "base/log.h"
 #include "broker/broker.h"
@@ -28,6 +31,10 @@ int main(int argc, char** argv) {
        heartbeatTimeout = sup.heartbeatTimeout.count(), restartMin = sup.restartDelayMin.count(),
        restartMax = sup.restartDelayMax.count(), healthyAfter = sup.healthyAfter.count();
 
+  std::string guestArgs, unixPath, unixOwner, unixGroup, passwordFilePath;
+  std::string unixMode = "0600", passwordExpiry = "never", imageCompression = "auto_lz",
+              mouseMode = "client";
+  bool disableTicketing = false;
   CLI::App app{
       "spicebox-broker: the privileged process of the spicebox SPICE display server.\n"
       "Starts and supervises spicebox-renderer and spicebox-netproxy."};
@@ -51,6 +58,50 @@ int main(int argc, char** argv) {
                  "Without --vmm-socket: start spicebox-guestsim (from --libexec-dir) with this "
                  "scenario as the VMM, over a private socket; 'none' starts no guest")
       ->capture_default_str();
+  app.add_option("--guest-args", guestArgs,
+                 "More arguments for the built-in guest, one string split at spaces (e.g. "
+                 "\"--loop --rate 500\"; \"--replay FILE\" plays a recording instead of the "
+                 "scenario); see spicebox-guestsim --help");
+
+  // SPICE clients. Names follow QEMU's -spice where it has one (disable-ticketing,
+  // image-compression, password-secret's file form, unix).
+  auto* spice = app.add_option_group("SPICE clients", "Where clients connect and how they log in");
+  spice->add_option("--listen", config.listen,
+                    "Listen for SPICE clients on ADDRESS:PORT over TCP (e.g. 127.0.0.1:5900, "
+                    "[::1]:5900; port 0 picks a free one, logged); may be repeated");
+  spice->add_option("--unix", unixPath, "Listen for SPICE clients on this unix socket path");
+  spice->add_option("--unix-mode", unixMode, "Permissions of the --unix socket file (octal)")
+      ->capture_default_str();
+  spice->add_option("--unix-owner", unixOwner, "Owner of the --unix socket file (user or uid)");
+  spice->add_option("--unix-group", unixGroup, "Group of the --unix socket file (group or gid)");
+  auto* passwordFile = spice->add_option(
+      "--password-file", passwordFilePath,
+      "Clients must give the password on the first line of this file (never on the command "
+      "line, where ps shows it); at most 60 bytes");
+  auto* noTicket = spice->add_flag("--disable-ticketing", disableTicketing,
+                                   "Any client may connect without a password");
+  passwordFile->excludes(noTicket);
+  spice
+      ->add_option("--password-expiry", passwordExpiry,
+                   "When the password stops being accepted: never, now, +SECONDS or a UNIX time")
+      ->capture_default_str();
+  spice
+      ->add_option("--max-clients", config.clients.maxClients,
+                   "Clients connected at once; one more is told the limit is reached")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  spice
+      ->add_option("--image-compression", imageCompression,
+                   "auto_lz (LZ4 or LZ, whichever is smaller, per image), off, lz or lz4 (LZ for "
+                   "clients without LZ4)")
+      ->check(CLI::IsMember({"auto_lz", "off", "lz", "lz4"}))
+      ->capture_default_str();
+  spice
+      ->add_option("--mouse-mode", mouseMode,
+                   "client (absolute pointer, a tablet) or server (relative motion)")
+      ->check(CLI::IsMember({"client", "server"}))
+      ->capture_default_str();
+
   auto* tuning = app.add_option_group("Supervision", "How children are kept alive (milliseconds)");
   tuning->add_option("--heartbeat-interval", heartbeatInterval, "Between heartbeats")
       ->check(CLI::Range(10L, 60000L))
@@ -88,6 +139,65 @@ int main(int argc, char** argv) {
     spdlog::error("--restart-delay-max ({} ms) must not be below --restart-delay-min ({} ms)",
                   restartMax, restartMin);
     return 2;
+  }
+  if (!config.listen.empty() || !unixPath.empty()) {
+    if (passwordFilePath.empty() && !disableTicketing) {
+      spdlog::error(
+          "clients would need a password, but none is set: pass --password-file FILE, "
+          "or --disable-ticketing to let anyone who reaches the socket connect");
+      return 2;
+    }
+    if (config.listen.size() + (unixPath.empty() ? 0 : 1) > 4) {
+      spdlog::error("at most 4 listening sockets (--listen and --unix together)");
+      return 2;
+    }
+  } else if (!passwordFilePath.empty() || disableTicketing) {
+    spdlog::warn(
+        "--password-file / --disable-ticketing without --listen or --unix: no client "
+        "can connect anyway");
+  }
+  if (!unixPath.empty()) {
+    broker::UnixSocketOptions unix;
+    unix.path = unixPath;
+    unix.owner = unixOwner;
+    unix.group = unixGroup;
+    char* end = nullptr;
+    unsigned long mode = std::strtoul(unixMode.c_str(), &end, 8);
+    if (unixMode.empty() || *end != '\0' || mode > 0777) {
+      spdlog::error("--unix-mode {}: expected octal permissions such as 0600 or 0660", unixMode);
+      return 2;
+    }
+    unix.mode = static_cast<mode_t>(mode);
+    config.unixSocket = unix;
+  }
+  if (!passwordFilePath.empty()) {
+    std::string error, warning;
+    config.clients.password = broker::readPasswordFile(passwordFilePath, error, warning);
+    if (!config.clients.password) {
+      spdlog::error("{}", error);
+      return 2;
+    }
+    if (!warning.empty())
+      spdlog::warn("{}", warning);
+  }
+  auto expiry = broker::parsePasswordExpiry(passwordExpiry, static_cast<int64_t>(::time(nullptr)));
+  if (auto* error = std::get_if<std::string>(&expiry)) {
+    spdlog::error("{}", *error);
+    return 2;
+  }
+  config.clients.passwordExpiresAt = std::get<int64_t>(expiry);
+  using broker::ImageCompression;
+  config.clients.imageCompression = imageCompression == "off"   ? ImageCompression::Off
+                                    : imageCompression == "lz"  ? ImageCompression::Lz
+                                    : imageCompression == "lz4" ? ImageCompression::Lz4
+                                                                : ImageCompression::AutoLz;
+  config.clients.mouseMode =
+      mouseMode == "server" ? broker::MouseMode::Server : broker::MouseMode::Client;
+  {
+    std::istringstream words(guestArgs);
+    std::string word;
+    while (words >> word)
+      config.guestArgs.push_back(word);
   }
   sup.heartbeatInterval = broker::Millis(heartbeatInterval);
   sup.heartbeatTimeout = broker::Millis(heartbeatTimeout);

@@ -673,6 +673,38 @@ void VmmLink::completeIo(uint8_t port) {
   connection_->channel->send(answer);  // a failure closes the channel, which reports why
 }
 
+bool VmmLink::sendInput(const NetproxyInput& input) {
+  if (!connection_ || connection_->phase != Phase::Linked)
+    return false;
+  capnp::MallocMessageBuilder message;
+  auto event = message.initRoot<BrokerToVmm>().initInput();
+  if (const auto* key = std::get_if<NetproxyKey>(&input)) {
+    if (key->down)
+      event.setKeyDown(key->scancode);
+    else
+      event.setKeyUp(key->scancode);
+  } else if (const auto* m = std::get_if<NetproxyMouseMotion>(&input)) {
+    auto out = event.initMouseMotion();
+    out.setDx(m->dx);
+    out.setDy(m->dy);
+    out.setButtons(m->buttons);
+  } else if (const auto* p = std::get_if<NetproxyMousePosition>(&input)) {
+    auto out = event.initMousePosition();
+    out.setX(p->x);
+    out.setY(p->y);
+    out.setDisplayId(p->displayId);
+    out.setButtons(p->buttons);
+  } else {
+    const auto& b = std::get<NetproxyMouseButton>(input);
+    auto out = event.initMouseButton();
+    out.setButton(b.button);
+    out.setPressed(b.pressed);
+    out.setButtons(b.buttons);
+  }
+  ++stats_.inputs;
+  return connection_->channel->send(message);  // a failure closes the channel, which says why
+}
+
 bool VmmLink::sendBatch(uint64_t seq, std::span<const qxl::WorkItem> items) {
   return events_.sendBatch ? events_.sendBatch(seq, items) : false;
 }

@@ -29,6 +29,7 @@
 
 #include "base/fd.h"
 #include "base/uv-handle.h"
+#include "broker/peer-child.h"
 #include "broker/qxl/device.h"
 #include "ipc/channel.h"
 
@@ -133,6 +134,7 @@ class VmmLink : private qxl::DeviceOutput {
     uint64_t links = 0;               // link messages accepted
     uint64_t ioWrites = 0;            // ioWrite messages with a known port
     uint64_t unknownIoPorts = 0;      // ioWrite messages with a port that is no QXL_IO_*: ignored
+    uint64_t inputs = 0;              // input events sent to the VMM
   };
 
   // Listens on `socketPath` (SOCK_SEQPACKET, mode 0600). A stale socket there is replaced;
@@ -160,6 +162,9 @@ class VmmLink : private qxl::DeviceOutput {
   void batchDone(uint64_t seq);
   // A (new) renderer is ready and has the guest memory: the device resends its state.
   void rendererAvailable();
+  // A client's input event (checked by the netproxy's peer) for the linked VMM to inject; false
+  // when no VMM is linked (the event is dropped).
+  bool sendInput(const NetproxyInput& input);
   const Stats& stats() const { return stats_; }
   const std::string& socketPath() const { return socketPath_; }
   // One line for logs and sd_notify STATUS: "vmm linked (ram 64 MiB, vram 64 MiB, 12 commands, 12

@@ -107,14 +107,15 @@ class ChildLink {
   Channel channel_;
 };
 
-// A child's whole life: parses the command line (--sandbox, --log-level), makes the logger, enters
-// the sandbox built by `profile` before reading any byte from anyone, then serves its link to the
+// A child's whole life: parses the command line (--sandbox, --log-level), makes the logger, runs
+// `beforeSandbox` (work the sandbox forbids, reading nothing from anyone), enters the sandbox
+// built by `profile` before reading any byte from anyone, then serves its link to the
 // broker until the broker goes away. Never returns: it ends with _exit (at-exit handlers such as
 // LeakSanitizer's would make system calls the sandbox forbids).
 template <typename Link>
-[[noreturn]] void runChild(
-    int argc, char** argv, const char* name,
-    const std::function<sandbox::Profile(std::vector<int> keepFds)>& profile) {
+[[noreturn]] void runChild(int argc, char** argv, const char* name,
+                           const std::function<sandbox::Profile(std::vector<int> keepFds)>& profile,
+                           const std::function<void()>& beforeSandbox = nullptr) {
   std::string mode = "strict", level;
   CLI::App app{std::string("spicebox-") + name + ": started by spicebox-broker, not by hand."};
   app.add_option("--sandbox", mode, "strict, best-effort or off");
@@ -132,6 +133,14 @@ template <typename Link>
         "spicebox-broker, not by hand",
         CHILD_CHANNEL_FD, name);
     ::_exit(2);
+  }
+  if (beforeSandbox) {
+    try {
+      beforeSandbox();
+    } catch (const std::exception& e) {
+      spdlog::critical("cannot start: {}", e.what());
+      ::_exit(1);
+    }
   }
   sandbox::Report report;
   try {

@@ -8,21 +8,25 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <spawn.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <uv.h>
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <fstream>
 #include <string>
 
 #include "base/fd.h"
 #include "base/log.h"
+#include "netproxy/server.h"
 #include "sandbox/testing.h"
 
 namespace spicebox::netproxy {
@@ -424,6 +428,102 @@ TEST_CASE("netproxy: logging through the descriptor the broker passed works") {
   CHECK(run.log.find("netproxy[") != std::string::npos);
   CHECK(run.log.find("sandbox level full") != std::string::npos);
   CHECK(run.log.find("client 1 connected") != std::string::npos);
+}
+
+TEST_CASE("netproxy: the SPICE server serves spicy-screenshot from inside the sandbox") {
+  // The real client against netproxy/server.cpp in a sandboxed child: link stage with a
+  // password (RSA-OAEP decryption, OpenSSL's generator), the segment mapped read-only, the
+  // picture encoded (AutoLz) and sent. The child ends when the client's session does.
+  uint16_t port = 0;
+  base::Fd listening = listenTcp(port);
+  constexpr uint32_t WIDTH = 96, HEIGHT = 64;
+  base::Fd segment(::memfd_create("netproxy-test-picture", MFD_CLOEXEC));
+  REQUIRE(segment);
+  std::vector<uint32_t> picture(WIDTH * HEIGHT);
+  for (uint32_t i = 0; i < picture.size(); ++i)
+    picture[i] = (i % WIDTH) * 2 << 16 | (i / WIDTH) * 3 << 8 | ((i % 7) ? 0x40 : 0xff);
+  const size_t bytes = picture.size() * 4;
+  REQUIRE(::write(segment.get(), picture.data(), bytes) == static_cast<ssize_t>(bytes));
+  base::Fd readOnly(
+      ::open(("/proc/self/fd/" + std::to_string(segment.get())).c_str(), O_RDONLY | O_CLOEXEC));
+  REQUIRE(readOnly);
+  char dir[] = "/tmp/spicebox-netproxy-test-XXXXXX";
+  REQUIRE(::mkdtemp(dir) != nullptr);
+  const std::string out = std::string(dir) + "/shot.ppm";
+  int clientStatus = -1;
+
+  ChildOutcome outcome = runInChild(
+      [listen = listening.get(), seg = readOnly.get()] {
+        Server::prepare();
+        enterNetproxySandbox({listen, seg});
+        uv_loop_t loop;
+        CHILD_CHECK(uv_loop_init(&loop) == 0, 1);
+        bool served = false;
+        Server::Events events;
+        events.onClients = [&](const ClientCounts& counts) {
+          if (counts.sessions > 0)
+            served = true;
+          else if (served && counts.connections == 0)
+            uv_stop(&loop);
+        };
+        {
+          Server server(&loop, events);
+          Settings settings;
+          settings.password = "inside";
+          std::vector<Listener> listeners;
+          listeners.push_back({base::Fd(listen), ListenerKind::Tcp, "tcp"});
+          CHILD_CHECK(!server.configure(settings, std::move(listeners)), 2);
+          DisplayLayout layout;
+          layout.generation = 1;
+          layout.size = WIDTH * HEIGHT * 4;
+          layout.stride = WIDTH * 4;
+          layout.width = WIDTH;
+          layout.height = HEIGHT;
+          CHILD_CHECK(!server.setDisplay(base::Fd(seg), layout), 3);
+          uv_run(&loop, UV_RUN_DEFAULT);
+          CHILD_CHECK(served, 4);
+        }
+        uv_run(&loop, UV_RUN_NOWAIT);  // close callbacks
+        return 0;
+      },
+      [&](pid_t) {
+        std::string portText = std::to_string(port);
+        std::vector<std::string> args = {
+            "spicy-screenshot", "-h", "127.0.0.1", "-p", portText, "-w", "inside", "-o", out};
+        std::vector<char*> argv;
+        for (auto& a : args)
+          argv.push_back(a.data());
+        argv.push_back(nullptr);
+        pid_t pid = 0;
+        REQUIRE(posix_spawnp(&pid, "spicy-screenshot", nullptr, nullptr, argv.data(), environ) ==
+                0);
+        // The child serves the client; its exit is what this waits for (no timeout needed
+        // beyond the test's: a hung server is a failure either way).
+        REQUIRE(::waitpid(pid, &clientStatus, 0) == pid);
+      });
+  INFO(outcome.describe());
+  CHECK(outcome.exitedWith(0));
+  REQUIRE(WIFEXITED(clientStatus));
+  CHECK(WEXITSTATUS(clientStatus) == 0);
+  std::ifstream in(out, std::ios::binary);
+  std::string magic;
+  unsigned w = 0, h = 0, maxval = 0;
+  in >> magic >> w >> h >> maxval;
+  in.get();
+  REQUIRE(magic == "P6");
+  REQUIRE(w == WIDTH);
+  REQUIRE(h == HEIGHT);
+  size_t differences = 0;
+  for (uint32_t p : picture) {
+    uint8_t rgb[3];
+    in.read(reinterpret_cast<char*>(rgb), 3);
+    if ((uint32_t{rgb[0]} << 16 | uint32_t{rgb[1]} << 8 | rgb[2]) != (p & 0xffffff))
+      ++differences;
+  }
+  CHECK(in.good());
+  CHECK(differences == 0);
+  ::unlink(out.c_str());
+  ::rmdir(dir);
 }
 
 TEST_CASE("netproxy: the seccomp filter matches the reviewed allowlist") {

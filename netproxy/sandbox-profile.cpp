@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <utility>
@@ -53,6 +54,18 @@ sandbox::Profile sandboxProfile(std::vector<int> keepFds) {
        {argEquals(1, IPPROTO_TCP), argEquals(2, TCP_NODELAY)}},
   };
   profile.allow.insert(profile.allow.end(), clientRules.begin(), clientRules.end());
+
+  // The SPICE server (netproxy/server.cpp). Its RSA key is made before the sandbox
+  // (Server::prepare), but decrypting a ticket uses RSA blinding and new session ids come from
+  // OpenSSL's generator: both draw random bytes, and OpenSSL reseeds from the kernel now and then.
+  const std::vector<sandbox::SyscallRule> serverRules = {
+      {"getrandom", "OpenSSL reseeds its generator (ticket RSA blinding, session ids)", {}},
+      {"lseek",
+       "setDisplay checks a display segment's size before mapping it (SEEK_END only): a "
+       "mapping past the end would fault on first read",
+       {argEquals(2, SEEK_END)}},
+  };
+  profile.allow.insert(profile.allow.end(), serverRules.begin(), serverRules.end());
 
   // Not allowed, but not fatal either: the first libuv stream on a loop (uv_tcp_init,
   // uv_pipe_init) opens "/dev/null", then "/", read-only as a spare descriptor for its EMFILE

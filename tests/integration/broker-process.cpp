@@ -190,6 +190,17 @@ std::optional<BrokerStatus> BrokerProcess::waitForReady(std::chrono::millisecond
       timeout);
 }
 
+std::optional<size_t> BrokerProcess::waitForLog(const std::string& text,
+                                                std::chrono::milliseconds timeout, size_t from) {
+  auto deadline = Clock::now() + timeout;
+  for (;;) {
+    if (auto at = stderrText_.find(text, from); at != std::string::npos)
+      return at + text.size();
+    if (exitStatus_ || !pumpOnce(deadline))
+      return std::nullopt;
+  }
+}
+
 std::optional<int> BrokerProcess::waitForExit(std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
   while (!exitStatus_ && pumpOnce(deadline)) {

@@ -46,6 +46,12 @@ class BrokerProcess {
   // Both children ready.
   std::optional<BrokerStatus> waitForReady(std::chrono::milliseconds timeout);
 
+  // Waits until the broker's stderr (its children's included) contains `text`, searching from
+  // byte `from` on; returns the position just past it, or nullopt when `timeout` passes first or
+  // the broker exits.
+  std::optional<size_t> waitForLog(const std::string& text, std::chrono::milliseconds timeout,
+                                   size_t from = 0);
+
   // Waits for the broker to exit; returns its wait status, or nullopt on timeout.
   std::optional<int> waitForExit(std::chrono::milliseconds timeout);
 

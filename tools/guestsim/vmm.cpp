@@ -194,35 +194,37 @@ ipc::Channel::Verdict Vmm::onMessage(capnp::MessageReader& message, ipc::Receive
       return std::nullopt;
     }
     case vmmipc::BrokerToVmm::INPUT: {
-      ++inputEvents_;
+      // A guest would see these as keyboard and mouse events; guestsim logs each, numbered, so
+      // tests can check they arrive complete and in order.
+      const uint64_t n = ++inputEvents_;
       auto input = root.getInput();
       switch (input.which()) {
         case vmmipc::InputEvent::KEY_DOWN:
-          spdlog::debug("input: key down {:#x}", input.getKeyDown());
+          spdlog::info("input {}: key down {:#x}", n, input.getKeyDown());
           break;
         case vmmipc::InputEvent::KEY_UP:
-          spdlog::debug("input: key up {:#x}", input.getKeyUp());
+          spdlog::info("input {}: key up {:#x}", n, input.getKeyUp());
           break;
         case vmmipc::InputEvent::MOUSE_MOTION: {
           auto m = input.getMouseMotion();
-          spdlog::debug("input: mouse motion {} {} buttons {:#x}", m.getDx(), m.getDy(),
-                        m.getButtons());
+          spdlog::info("input {}: mouse motion {},{} buttons {:#x}", n, m.getDx(), m.getDy(),
+                       m.getButtons());
           break;
         }
         case vmmipc::InputEvent::MOUSE_POSITION: {
           auto m = input.getMousePosition();
-          spdlog::debug("input: mouse position {} {} display {} buttons {:#x}", m.getX(), m.getY(),
-                        m.getDisplayId(), m.getButtons());
+          spdlog::info("input {}: mouse position {},{} display {} buttons {:#x}", n, m.getX(),
+                       m.getY(), m.getDisplayId(), m.getButtons());
           break;
         }
         case vmmipc::InputEvent::MOUSE_BUTTON: {
           auto m = input.getMouseButton();
-          spdlog::debug("input: mouse button {} {} buttons {:#x}", m.getButton(),
-                        m.getPressed() ? "pressed" : "released", m.getButtons());
+          spdlog::info("input {}: mouse {} {} buttons {:#x}", n,
+                       m.getPressed() ? "press" : "release", m.getButton(), m.getButtons());
           break;
         }
         default:
-          spdlog::debug("input: an event kind this guestsim does not know (ignored)");
+          spdlog::info("input {}: an event kind this guestsim does not know (ignored)", n);
       }
       return std::nullopt;
     }
