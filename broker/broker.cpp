@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 #include "base/syscall.h"
@@ -119,6 +120,10 @@ int Broker::run() {
       .onMessage = nullptr,
   };
   Child::Events netproxyEvents = events;
+  netproxyEvents.onStateChange = [this] {
+    onNetproxyStateChange();
+    reportStatus();
+  };
   netproxyEvents.onReady = [this] { onNetproxyReady(); };
   netproxyEvents.onMessage = [this](const BoundaryMessage& m) { return onNetproxyMessage(m); };
   Child::Events rendererEvents = events;
@@ -186,6 +191,9 @@ void Broker::onRendererReady() {
   inFlight_.clear();
   orphaned_.clear();
   ++rendererIncarnation_;
+  // The old renderer's wait is over with it; the netproxy's answer to it is ignored.
+  if (awaitingSync_)
+    staleSync_ = std::exchange(awaitingSync_, std::nullopt);
   connectRendererToDevice();
 }
 
@@ -227,6 +235,8 @@ void Broker::onNetproxyReady() {
   if (!netproxy_->send(message, fds))
     return;  // being replaced: its successor gets here again
   sendNetproxySegment();
+  // It copied the segment with no regard to the renderer: the next frame repaints all of it.
+  fullFrameNext_ = shownSegment_ != nullptr;
   if (cursor_) {
     capnp::MallocMessageBuilder cursor;
     buildCursor(cursor, *cursor_);
@@ -255,7 +265,14 @@ void Broker::forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
     // or none.
     shownSegment_ = segmentAfter;
     sendNetproxySegment();
-  } else if (shownSegment_ && listeners_.size() > 0 &&
+  } else if (shownSegment_ && !listeners_.empty() && fullFrameNext_) {
+    const RendererRect whole{0, 0, static_cast<int32_t>(shownSegment_->layout.height),
+                             static_cast<int32_t>(shownSegment_->layout.width)};
+    capnp::MallocMessageBuilder message;
+    buildFrame(message, shownSegment_->layout.generation, std::span(&whole, 1), {});
+    if (netproxy_->send(message))
+      fullFrameNext_ = false;
+  } else if (shownSegment_ && !listeners_.empty() &&
              (!done.damage.empty() || !done.hints.empty())) {
     capnp::MallocMessageBuilder message;
     buildFrame(message, shownSegment_->layout.generation, done.damage, done.hints);
@@ -275,7 +292,46 @@ void Broker::forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
   }
 }
 
+void Broker::gateOutput(uint64_t seq) {
+  if (listeners_.empty() || netproxy_->state() != ChildState::Ready) {
+    sendOutputTaken(seq);
+    return;
+  }
+  capnp::MallocMessageBuilder message;
+  buildSync(message, seq);
+  if (!netproxy_->send(message)) {
+    sendOutputTaken(seq);  // no netproxy to wait for (it is being replaced)
+    return;
+  }
+  awaitingSync_ = seq;
+}
+
+void Broker::sendOutputTaken(uint64_t seq) {
+  capnp::MallocMessageBuilder message;
+  buildOutputTaken(message, seq);
+  renderer_->send(message);  // no ready renderer: its successor starts without waiting
+}
+
+void Broker::onNetproxyStateChange() {
+  // A netproxy that is not ready will not answer: the renderer need not wait for it.
+  if (netproxy_->state() != ChildState::Ready && awaitingSync_)
+    sendOutputTaken(*std::exchange(awaitingSync_, std::nullopt));
+  if (netproxy_->state() != ChildState::Ready)
+    staleSync_.reset();
+}
+
 ipc::Channel::Verdict Broker::onNetproxyMessage(const BoundaryMessage& message) {
+  if (const auto* synced = std::get_if<NetproxySynced>(&message)) {
+    if (staleSync_ && synced->seq == *staleSync_) {
+      staleSync_.reset();
+      return std::nullopt;
+    }
+    if (!awaitingSync_ || *awaitingSync_ != synced->seq)
+      return fmt::format("synced {} answers no sync", synced->seq);
+    awaitingSync_.reset();
+    sendOutputTaken(synced->seq);
+    return std::nullopt;
+  }
   if (const auto* clients = std::get_if<NetproxyClients>(&message)) {
     clients_ = *clients;
     reportStatus();
@@ -409,6 +465,7 @@ ipc::Channel::Verdict Broker::onRendererMessage(const BoundaryMessage& message) 
       return fmt::format("batchDone for batch {}, but the oldest batch in flight is {}", done.seq,
                          orphaned_.front());
     orphaned_.pop_front();
+    sendOutputTaken(done.seq);
     return std::nullopt;
   }
   if (inFlight_.empty())
@@ -423,6 +480,7 @@ ipc::Channel::Verdict Broker::onRendererMessage(const BoundaryMessage& message) 
   if (auto refusal = checkOutput(done, primary))
     return refusal;
   forwardOutput(plan != plans_.end() ? plan->second.segmentAfter : nullptr, done);
+  gateOutput(done.seq);
   plans_.erase(plans_.begin(), plans_.upper_bound(done.seq));
   inFlight_.pop_front();
   damageRects_ += done.damage.size();

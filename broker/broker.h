@@ -96,6 +96,11 @@ class Broker {
   void forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
                      const RendererBatchDone& done);
   void sendNetproxySegment();
+  // The renderer waits after each batchDone until outputTaken: sent at once when nobody reads
+  // the segment, else once the netproxy answers a sync sent after that batch's output.
+  void gateOutput(uint64_t seq);
+  void sendOutputTaken(uint64_t seq);
+  void onNetproxyStateChange();
   void onLinked();
   void onUnlinked();
   // Gives the renderer the guest memory and lets the device resend its state.
@@ -142,6 +147,12 @@ class Broker {
   std::optional<RendererCursor> cursor_;
   uint64_t rendererIncarnation_ = 0;  // renderer processes that reported ready
   NetproxyClients clients_;
+  // The sync outstanding at the netproxy (the renderer waits for it), one whose renderer is gone
+  // (its synced is accepted and ignored), and whether the next frame must be the whole picture
+  // (a new netproxy copied the segment while the renderer may have been drawing).
+  std::optional<uint64_t> awaitingSync_;
+  std::optional<uint64_t> staleSync_;
+  bool fullFrameNext_ = false;
   uint64_t inputs_ = 0;
   uint64_t damageRects_ = 0;
   uint64_t hints_ = 0;

@@ -87,9 +87,15 @@ struct NetproxyClients {
   uint64_t refused = 0;
 };
 
+// display.capnp synced: the netproxy took in everything before the `sync` of this value.
+struct NetproxySynced {
+  uint64_t seq = 0;
+};
+
 // A boundary message beyond hello and heartbeat, decoded and range-checked by the peer, for the
 // Child's owner to act on. One alternative per message type of each boundary.
-using BoundaryMessage = std::variant<RendererBatchDone, NetproxyInput, NetproxyClients>;
+using BoundaryMessage =
+    std::variant<RendererBatchDone, NetproxyInput, NetproxyClients, NetproxySynced>;
 
 // The boundary-specific half: one implementation per schema (peer-renderer.cpp,
 // peer-netproxy.cpp). It builds the broker's messages and decodes the child's into the events

@@ -47,6 +47,9 @@ class NetproxyPeer : public HeartbeatPeer<BrokerToNetproxy, NetproxyToBroker, PR
         d.boundary = NetproxyClients{c.getSessions(), c.getConnections(), c.getRefused()};
         break;
       }
+      case NetproxyToBroker::SYNCED:
+        d.boundary = NetproxySynced{root.getSynced()};
+        break;
       default:
         return HeartbeatPeer::decodeBoundary(root, fds);
     }
@@ -199,6 +202,10 @@ void buildFrame(capnp::MessageBuilder& message, uint64_t generation,
       setRect(out.initDest(), copy.dest);
     }
   }
+}
+
+void buildSync(capnp::MessageBuilder& message, uint64_t seq) {
+  message.initRoot<BrokerToNetproxy>().setSync(seq);
 }
 
 void buildCursor(capnp::MessageBuilder& message, const RendererCursor& cursor) {

@@ -43,5 +43,6 @@ void buildNoDisplay(capnp::MessageBuilder& message);
 void buildFrame(capnp::MessageBuilder& message, uint64_t generation,
                 std::span<const RendererRect> damage, std::span<const RendererHint> hints);
 void buildCursor(capnp::MessageBuilder& message, const RendererCursor& cursor);
+void buildSync(capnp::MessageBuilder& message, uint64_t seq);
 
 }  // namespace spicebox::broker

@@ -280,6 +280,10 @@ std::optional<std::string> checkOutput(const RendererBatchDone& done,
   return std::nullopt;
 }
 
+void buildOutputTaken(capnp::MessageBuilder& message, uint64_t seq) {
+  message.initRoot<BrokerToRenderer>().setOutputTaken(seq);
+}
+
 void buildDropGuestMemory(capnp::MessageBuilder& message) {
   message.initRoot<BrokerToRenderer>().setDropGuestMemory();
 }

@@ -49,6 +49,8 @@ struct PrimarySize {
 std::optional<std::string> checkOutput(const RendererBatchDone& done,
                                        const std::optional<PrimarySize>& primary);
 void buildDropGuestMemory(capnp::MessageBuilder& message);
+// The renderer may draw again after batch `seq` (render.capnp outputTaken).
+void buildOutputTaken(capnp::MessageBuilder& message, uint64_t seq);
 // `items` holds at most qxl::MAX_ITEMS_PER_BATCH items (asserted: the device bounds its batches).
 void buildBatch(capnp::MessageBuilder& message, uint64_t seq, std::span<const qxl::WorkItem> items);
 

@@ -16,7 +16,7 @@ using Common = import "common.capnp";
 using Render = import "render.capnp";
 using Vmm = import "vmm.capnp";
 
-const protocolVersion :UInt32 = 2;
+const protocolVersion :UInt32 = 3;
 
 # Most listening sockets one `configure` carries (one descriptor each, ipc::MAX_FDS_PER_MESSAGE).
 const maxListeners :UInt32 = 4;
@@ -86,10 +86,14 @@ struct BrokerToNetproxy {
     noDisplay @4 :Void;                       # the primary is gone; no descriptors
     frame @5 :Frame;                          # no descriptors
     cursor @6 :Render.Cursor;                 # no descriptors; checked by the broker
+    sync @7 :UInt64;                          # answer `synced` with this value once everything
+                                              # sent before has been taken in (the segment's
+                                              # pixels copied): the renderer waits for it
   }
 }
 
-# Netproxy -> broker. Permitted: `hello` once, first; then `pong`, `input` and `clients`. Every
+# Netproxy -> broker. Permitted: `hello` once, first; then `pong`, `input`, `clients`, and
+# `synced` (only for the one `sync` outstanding). Every
 # `input` is checked against vmm.capnp's ranges (broker/peer-netproxy.cpp) before it is forwarded
 # to the VMM; anything else ends the netproxy.
 struct NetproxyToBroker {
@@ -98,5 +102,6 @@ struct NetproxyToBroker {
     pong @1 :Common.Heartbeat;    # no descriptors
     input @2 :Vmm.InputEvent;     # a client's input, in the order the clients sent them
     clients @3 :Clients;          # after each change
+    synced @4 :UInt64;            # answer to `sync`, with its value; only then
   }
 }

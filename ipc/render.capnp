@@ -14,7 +14,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("spicebox::ipc::render");
 using Common = import "common.capnp";
 
-const protocolVersion :UInt32 = 4;
+const protocolVersion :UInt32 = 5;
 
 # Output bounds of one batchDone (the broker refuses more, and kills the renderer).
 const maxDamageRects :UInt32 = 64;   # damage rectangles; more are merged into their bounding box
@@ -151,6 +151,10 @@ struct Hint {
 
 # Answer to a batch, in order: the renderer is done with every item of batch `seq`.
 #
+# After sending a batchDone the renderer does not touch the display segment (nor take any other
+# message but ping) until the broker answers `outputTaken` with the same seq: whoever reads the
+# segment (the netproxy) sees the picture of exactly this batch, never one half drawn.
+#
 # Output invariant: a remote client that applies `hints` in order to its copy of the primary as
 # it was after the previous batch, and then paints every `damage` rectangle from the segment's
 # final pixels, has exactly the segment's picture. So a copyBits hint is only emitted when its
@@ -196,6 +200,9 @@ struct BrokerToRenderer {
     dropGuestMemory @3 :Void;     # the VMM's link ended: unmap, forget slots; no descriptors
     batch @4 :Batch;              # no descriptors
     displaySegment @5 :DisplaySegment;  # one descriptor (the segment's memfd)
+    outputTaken @6 :UInt64;       # seq of the last batchDone: its pixels have been read (the
+                                  # netproxy copied them, or nobody reads them); no descriptors
+
   }
 }
 

@@ -107,6 +107,14 @@ class NetproxyLink
         server_.setCursor(cursor);
         return std::nullopt;
       }
+      case BrokerToNetproxy::SYNC: {
+        // Everything before it was handled synchronously (the segment's pixels it needed are
+        // copied): the renderer may draw again.
+        capnp::MallocMessageBuilder reply;
+        reply.initRoot<NetproxyToBroker>().setSynced(root.getSync());
+        channel().send(reply);
+        return std::nullopt;
+      }
       default:
         return "unknown message " + std::to_string(static_cast<unsigned>(root.which())) +
                " from the broker";

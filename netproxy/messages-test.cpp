@@ -228,8 +228,9 @@ TEST_CASE("DRAW_COPY: the image pointer leads to the descriptor and the rows", "
   CHECK(r.i32() == 0);
   CHECK(r.i32() == 2);
   CHECK(r.i32() == 3);
-  r.u8();  // scale mode
+  // spice.proto's Copy: rop_descriptor (u16) comes before scale_mode (u8).
   CHECK(r.u16() == SPICE_ROPD_OP_PUT);
+  CHECK(r.u8() == SPICE_IMAGE_SCALE_MODE_NEAREST);
   CHECK(r.u8() == 0);  // mask flags
   r.u32();
   r.u32();
@@ -263,6 +264,64 @@ TEST_CASE("DRAW_COPY: the image pointer leads to the descriptor and the rows", "
   l.u32();
   CHECK(l.u32() == 5);  // data_size
   CHECK(l.remaining() == 5);
+}
+
+TEST_CASE("DRAW_COPY with CACHE_ME, and FROM_CACHE: a descriptor alone", "[messages][cache]") {
+  EncodedImage image;
+  image.width = 4;
+  image.height = 3;
+  image.data.assign(48, 0x11);
+  const Rect box{5, 6, 8, 10};
+  auto cached = buildDrawCopy(box, image, 0x1122334455667788, /*cacheMe=*/true);
+  wire::Reader c(cached.body);
+  c.bytes(4 + 16 + 1);  // surface, box, clip type
+  const uint32_t imageAt = c.u32();
+  wire::Reader d(std::span(cached.body).subspan(imageAt));
+  CHECK(d.u64() == 0x1122334455667788);
+  CHECK(d.u8() == SPICE_IMAGE_TYPE_BITMAP);
+  CHECK(d.u8() == SPICE_IMAGE_FLAGS_CACHE_ME);
+
+  auto m = buildDrawCopyFromCache(box, 0x1122334455667788);
+  CHECK(m.type == SPICE_MSG_DISPLAY_DRAW_COPY);
+  wire::Reader r(m.body);
+  CHECK(r.u32() == 0);  // surface
+  CHECK(r.i32() == 5);
+  CHECK(r.i32() == 6);
+  CHECK(r.i32() == 8);
+  CHECK(r.i32() == 10);
+  CHECK(r.u8() == SPICE_CLIP_TYPE_NONE);
+  CHECK(r.u32() == imageAt);  // the same fixed fields before the image
+  CHECK(r.i32() == 0);        // src_area: the whole cached image, 4 x 3
+  CHECK(r.i32() == 0);
+  CHECK(r.i32() == 3);
+  CHECK(r.i32() == 4);
+  r.bytes(imageAt - r.position());
+  CHECK(r.u64() == 0x1122334455667788);
+  CHECK(r.u8() == SPICE_IMAGE_TYPE_FROM_CACHE);
+  CHECK(r.u8() == 0);
+  CHECK(r.u32() == 4);
+  CHECK(r.u32() == 3);
+  CHECK(r.ok());
+  CHECK(r.remaining() == 0);  // no pixel data
+}
+
+TEST_CASE("INVAL_LIST and INVAL_ALL_PIXMAPS layouts", "[messages][cache]") {
+  const std::vector<uint64_t> ids = {7, 0xfedcba9876543210};
+  auto list = buildInvalList(ids);
+  CHECK(list.type == SPICE_MSG_DISPLAY_INVAL_LIST);
+  // uint16 count, then packed ResourceIDs of 9 bytes (spice.proto's SpiceResourceList).
+  REQUIRE(list.body.size() == 2 + 2 * 9);
+  wire::Reader r(list.body);
+  CHECK(r.u16() == 2);
+  CHECK(r.u8() == SPICE_RES_TYPE_PIXMAP);
+  CHECK(r.u64() == 7);
+  CHECK(r.u8() == SPICE_RES_TYPE_PIXMAP);
+  CHECK(r.u64() == 0xfedcba9876543210);
+  CHECK(r.ok());
+
+  auto all = buildInvalAllPixmaps();
+  CHECK(all.type == SPICE_MSG_DISPLAY_INVAL_ALL_PIXMAPS);
+  CHECK(all.body == std::vector<uint8_t>{0});  // wait_count 0
 }
 
 TEST_CASE("DRAW_FILL: solid brush, the rects as the clip, their bounding box", "[messages]") {

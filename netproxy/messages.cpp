@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "base/assert.h"
 #include "netproxy/wire.h"
 
 namespace spicebox::netproxy {
@@ -402,22 +403,34 @@ OutMessage buildCopyBits(const Rect& dest, int32_t srcX, int32_t srcY) {
   return make(SPICE_MSG_DISPLAY_COPY_BITS, w);
 }
 
-OutMessage buildDrawCopy(const Rect& box, const EncodedImage& image, uint64_t imageId) {
-  wire::Writer w(64 + image.data.size());
+namespace {
+
+// DRAW_COPY up to its image: the base, src_bitmap pointing just past the fixed fields (offsets
+// count from the body's start), src_area = the whole width x height image, OP_PUT, no mask.
+void putDrawCopyHead(wire::Writer& w, const Rect& box, uint32_t width, uint32_t height) {
   putDisplayBase(w, box, {});
   const size_t imagePointer = w.size();
-  w.u32(0);  // src_bitmap: patched below (offsets count from the body's start)
-  putRect(w, Rect{0, 0, static_cast<int32_t>(image.height), static_cast<int32_t>(image.width)});
-  w.u8(SPICE_IMAGE_SCALE_MODE_NEAREST).u16(SPICE_ROPD_OP_PUT);
+  w.u32(0);  // src_bitmap: patched below
+  putRect(w, Rect{0, 0, static_cast<int32_t>(height), static_cast<int32_t>(width)});
+  w.u16(SPICE_ROPD_OP_PUT).u8(SPICE_IMAGE_SCALE_MODE_NEAREST);  // spice.proto: rop, then scale
   putNoMask(w);
   w.patchU32(imagePointer, static_cast<uint32_t>(w.size()));
+}
+
+}  // namespace
+
+OutMessage buildDrawCopy(const Rect& box, const EncodedImage& image, uint64_t imageId,
+                         bool cacheMe) {
+  wire::Writer w(64 + image.data.size());
+  putDrawCopyHead(w, box, image.width, image.height);
   // ImageDescriptor: id, type, flags, width, height.
   uint8_t type = SPICE_IMAGE_TYPE_BITMAP;
   if (image.encoding == ImageEncoding::Lz4)
     type = SPICE_IMAGE_TYPE_LZ4;
   else if (image.encoding == ImageEncoding::LzRgb)
     type = SPICE_IMAGE_TYPE_LZ_RGB;
-  w.u64(imageId).u8(type).u8(0).u32(image.width).u32(image.height);
+  const uint8_t flags = cacheMe ? SPICE_IMAGE_FLAGS_CACHE_ME : 0;
+  w.u64(imageId).u8(type).u8(flags).u32(image.width).u32(image.height);
   if (image.encoding == ImageEncoding::Bitmap) {
     // BitmapData: format, flags, x, y, stride, a null palette pointer, then the rows.
     w.u8(SPICE_BITMAP_FMT_32BIT).u8(SPICE_BITMAP_FLAGS_TOP_DOWN);
@@ -427,6 +440,31 @@ OutMessage buildDrawCopy(const Rect& box, const EncodedImage& image, uint64_t im
   }
   w.bytes(image.data);
   return make(SPICE_MSG_DISPLAY_DRAW_COPY, w);
+}
+
+OutMessage buildDrawCopyFromCache(const Rect& box, uint64_t imageId) {
+  const auto width = static_cast<uint32_t>(box.right - box.left);
+  const auto height = static_cast<uint32_t>(box.bottom - box.top);
+  wire::Writer w(96);
+  putDrawCopyHead(w, box, width, height);
+  // A descriptor alone: the client takes the pixels from its cache.
+  w.u64(imageId).u8(SPICE_IMAGE_TYPE_FROM_CACHE).u8(0).u32(width).u32(height);
+  return make(SPICE_MSG_DISPLAY_DRAW_COPY, w);
+}
+
+OutMessage buildInvalList(std::span<const uint64_t> pixmapIds) {
+  SB_ASSERT(!pixmapIds.empty() && pixmapIds.size() <= MAX_INVAL_IDS, "{} ids", pixmapIds.size());
+  wire::Writer w(2 + 9 * pixmapIds.size());
+  w.u16(static_cast<uint16_t>(pixmapIds.size()));
+  for (uint64_t id : pixmapIds)
+    w.u8(SPICE_RES_TYPE_PIXMAP).u64(id);  // ResourceID: type, id (packed)
+  return make(SPICE_MSG_DISPLAY_INVAL_LIST, w);
+}
+
+OutMessage buildInvalAllPixmaps() {
+  wire::Writer w;
+  w.u8(0);  // wait_count: no WaitForChannel entries
+  return make(SPICE_MSG_DISPLAY_INVAL_ALL_PIXMAPS, w);
 }
 
 OutMessage buildCursorInit(const CursorState& cursor) {

@@ -110,8 +110,20 @@ constexpr size_t MAX_FILL_RECTS = 256;
 OutMessage buildDrawFill(uint32_t color, std::span<const Rect> rects);
 OutMessage buildCopyBits(const Rect& dest, int32_t srcX, int32_t srcY);
 // The image at (box.left, box.top), box's size = image's size. `imageId` is the image
-// descriptor's id (unique per image sent).
-OutMessage buildDrawCopy(const Rect& box, const EncodedImage& image, uint64_t imageId);
+// descriptor's id (unique per image sent). With `cacheMe` (SPICE_IMAGE_FLAGS_CACHE_ME) the client
+// keeps the decoded image under `imageId` in its pixmap cache until INVAL_LIST or
+// INVAL_ALL_PIXMAPS drops it (see image-cache.h).
+OutMessage buildDrawCopy(const Rect& box, const EncodedImage& image, uint64_t imageId,
+                         bool cacheMe = false);
+// The image the client cached under `imageId` (SPICE_IMAGE_TYPE_FROM_CACHE, no pixel data), at
+// (box.left, box.top); box's size is the cached image's size.
+OutMessage buildDrawCopyFromCache(const Rect& box, uint64_t imageId);
+// INVAL_LIST: the client drops these pixmap ids (SPICE_RES_TYPE_PIXMAP) from its cache. The count
+// is a uint16: 1 .. MAX_INVAL_IDS ids (the caller splits longer lists).
+constexpr size_t MAX_INVAL_IDS = 65535;
+OutMessage buildInvalList(std::span<const uint64_t> pixmapIds);
+// INVAL_ALL_PIXMAPS with no channel to wait for (spicebox has one display channel per client).
+OutMessage buildInvalAllPixmaps();
 
 OutMessage buildCursorInit(const CursorState& cursor);
 OutMessage buildCursorSet(const CursorState& cursor);

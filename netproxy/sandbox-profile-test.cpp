@@ -392,6 +392,26 @@ TEST_CASE("netproxy: a display segment passed read-only is mapped read-only, nev
   REQUIRE(outcome.exitedWith(0));
 }
 
+TEST_CASE("netproxy: a segment's seals can be read, not changed") {
+  base::Fd segment = makeSegment("the picture");
+  REQUIRE(::fcntl(segment.get(), F_ADD_SEALS, F_SEAL_SHRINK) == 0);
+  ChildOutcome outcome = runInChild([fd = segment.get()] {
+    enterNetproxySandbox({fd});
+    CHILD_CHECK(::fcntl(fd, F_GET_SEALS) == F_SEAL_SHRINK, 1);
+    return 0;
+  });
+  INFO(outcome.describe());
+  REQUIRE(outcome.exitedWith(0));
+  SECTION("adding a seal (F_ADD_SEALS) is killed") {
+    requireKilled(attackNetproxy([fd = segment.get()] { ::fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE); },
+                                 {segment.get()}));
+  }
+  SECTION("changing a descriptor's flags (F_SETFL) is killed") {
+    requireKilled(attackNetproxy([fd = segment.get()] { ::fcntl(fd, F_SETFL, O_NONBLOCK); },
+                                 {segment.get()}));
+  }
+}
+
 TEST_CASE("netproxy: a libuv loop with a timer and a poll on the broker socket runs") {
   int fds[2];
   REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == 0);
@@ -437,13 +457,15 @@ TEST_CASE("netproxy: the SPICE server serves spicy-screenshot from inside the sa
   uint16_t port = 0;
   base::Fd listening = listenTcp(port);
   constexpr uint32_t WIDTH = 96, HEIGHT = 64;
-  base::Fd segment(::memfd_create("netproxy-test-picture", MFD_CLOEXEC));
+  base::Fd segment(::memfd_create("netproxy-test-picture", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   REQUIRE(segment);
   std::vector<uint32_t> picture(WIDTH * HEIGHT);
   for (uint32_t i = 0; i < picture.size(); ++i)
     picture[i] = (i % WIDTH) * 2 << 16 | (i / WIDTH) * 3 << 8 | ((i % 7) ? 0x40 : 0xff);
   const size_t bytes = picture.size() * 4;
   REQUIRE(::write(segment.get(), picture.data(), bytes) == static_cast<ssize_t>(bytes));
+  // Sealed as the broker seals its segments: setDisplay reads the seals (F_GET_SEALS) inside.
+  REQUIRE(::fcntl(segment.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
   base::Fd readOnly(
       ::open(("/proc/self/fd/" + std::to_string(segment.get())).c_str(), O_RDONLY | O_CLOEXEC));
   REQUIRE(readOnly);

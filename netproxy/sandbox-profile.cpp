@@ -60,6 +60,11 @@ sandbox::Profile sandboxProfile(std::vector<int> keepFds) {
   // OpenSSL's generator: both draw random bytes, and OpenSSL reseeds from the kernel now and then.
   const std::vector<sandbox::SyscallRule> serverRules = {
       {"getrandom", "OpenSSL reseeds its generator (ticket RSA blinding, session ids)", {}},
+      {"fcntl",
+       "setDisplay checks a display segment's seals before mapping it (F_GET_SEALS only): one "
+       "that can shrink would SIGBUS the netproxy on its next read (the renderer's profile has "
+       "the same rule)",
+       {argEquals(1, F_GET_SEALS)}},
       {"lseek",
        "setDisplay checks a display segment's size before mapping it (SEEK_END only): a "
        "mapping past the end would fault on first read",

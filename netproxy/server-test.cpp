@@ -18,12 +18,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <spdlog/details/null_mutex.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
 #include <algorithm>
+
 #include <catch2/catch.hpp>
 #include <climits>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -57,9 +64,11 @@ struct Segment {
     layout.stride = width * 4 + 12;
     layout.offset = 4096;
     layout.size = layout.offset + uint64_t{layout.stride} * height;
-    fd = base::Fd(::memfd_create("server-test-segment", MFD_CLOEXEC));
+    fd = base::Fd(::memfd_create("server-test-segment", MFD_CLOEXEC | MFD_ALLOW_SEALING));
     REQUIRE(fd);
     REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(layout.size)) == 0);
+    // As the broker seals its segments (setDisplay refuses one that can shrink).
+    REQUIRE(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
     void* p = ::mmap(nullptr, layout.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
     REQUIRE(p != MAP_FAILED);
     map = static_cast<uint8_t*>(p);
@@ -196,8 +205,10 @@ struct Harness {
     loop.spin();
   }
 
-  // Runs spicy-screenshot with `args` and waits (on the loop, which serves it) for its exit.
-  int screenshot(const std::vector<std::string>& args) {
+  // Runs spicy-screenshot with `args` and waits (on the loop, which serves it) for its exit;
+  // `whileRunning` is called after each turn of the loop meanwhile.
+  int screenshot(const std::vector<std::string>& args,
+                 const std::function<void()>& whileRunning = {}) {
     std::vector<std::string> all = {"spicy-screenshot"};
     all.insert(all.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -231,7 +242,11 @@ struct Harness {
     poll->data = &exited;
     uv_poll_start(poll.get(), UV_READABLE,
                   [](uv_poll_t* h, int, int) { *static_cast<bool*>(h->data) = true; });
-    loop.runUntil([&] { return exited; });
+    loop.runUntil([&] {
+      if (whileRunning && !exited)
+        whileRunning();
+      return exited;
+    });
     poll.close();
     int status = 0;
     REQUIRE(::waitpid(pid, &status, 0) == pid);
@@ -246,6 +261,37 @@ struct Harness {
   std::vector<std::string> tcpArgs(const std::string& out) const {
     return {"-h", "127.0.0.1", "-p", std::to_string(port), "-o", out};
   }
+};
+
+// Collects what the server logs (spdlog's default logger, at debug level) while it lives, so a
+// test can await a log line, an event, instead of sleeping.
+class LogWatch {
+ public:
+  LogWatch() : sink_(std::make_shared<Sink>()), logger_(spdlog::default_logger()) {
+    level_ = logger_->level();
+    logger_->sinks().push_back(sink_);
+    logger_->set_level(spdlog::level::debug);
+  }
+  ~LogWatch() {
+    auto& sinks = logger_->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
+    logger_->set_level(level_);
+  }
+  bool saw(std::string_view text) const { return sink_->text.find(text) != std::string::npos; }
+
+ private:
+  // The tests and the server share one thread: no lock.
+  struct Sink : spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+    std::string text;
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+      text.append(msg.payload.data(), msg.payload.size());
+      text.push_back('\n');
+    }
+    void flush_() override {}
+  };
+  std::shared_ptr<Sink> sink_;
+  std::shared_ptr<spdlog::logger> logger_;
+  spdlog::level::level_enum level_;
 };
 
 bool fileExists(const std::string& path) {
@@ -318,6 +364,32 @@ TEST_CASE("spicy-screenshot over the unix socket", "[server][spicy-screenshot][u
   REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout));
   const std::string out = h.dir.path + "/unix.ppm";
   REQUIRE(h.screenshot({"--uri", "spice+unix://" + h.unixPath, "-o", out}) == 0);
+  auto ppm = readPpm(out);
+  REQUIRE(ppm);
+  CHECK(countDifferences(*ppm, seg) == 0);
+}
+
+TEST_CASE("spicy-screenshot announces a cache: its first picture is cached and exact",
+          "[server][spicy-screenshot][cache]") {
+  // spice-gtk sends DISPLAY_INIT after the link, when a display that exists already has had its
+  // first picture sent whole. Here the display appears only once its DISPLAY_INIT enabled the
+  // cache (the server logs it): the real client gets INVAL_ALL_PIXMAPS, then the picture with
+  // CACHE_ME, and must still save it pixel for pixel. (FROM_CACHE is out of its reach: it exits
+  // at its first picture, which is one image; the raw-client tests above cover FROM_CACHE.)
+  Harness h(Settings{});
+  LogWatch log;
+  Segment seg(160, 120, 1);
+  bool shown = false;
+  const std::string out = h.dir.path + "/cached.ppm";
+  REQUIRE(h.screenshot(h.tcpArgs(out), [&] {
+    if (!shown && log.saw("pixmap cache of")) {
+      shown = true;
+      REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout));
+    }
+  }) == 0);
+  CHECK(shown);
+  h.loop.runUntil([&] { return log.saw("image cache:"); });  // logged when its channel closes
+  CHECK(log.saw("1 cached"));
   auto ppm = readPpm(out);
   REQUIRE(ppm);
   CHECK(countDifferences(*ppm, seg) == 0);
@@ -506,11 +578,29 @@ class RawClient {
 };
 
 // The client's copy of the primary, kept by replaying what the server sends (uncompressed
-// bitmaps only: the tests run with ImageCompression::Off), like spice-gtk's canvas.
+// bitmaps only: the tests run with ImageCompression::Off), like spice-gtk's canvas. Its pixmap
+// cache is spice-gtk's as the protocol defines it (unbounded, drops only what INVAL_LIST or
+// INVAL_ALL_PIXMAPS name) but stricter: caching a held id, dropping or drawing an id not held,
+// and holding more pixels than announced fail the test.
 struct Canvas {
   uint32_t width = 0, height = 0;
   std::vector<uint32_t> pixels;
   bool marked = false;
+  struct Cached {
+    uint32_t width = 0, height = 0;
+    std::vector<uint32_t> pixels;
+  };
+  std::map<uint64_t, Cached> cache;
+  uint64_t cacheCapacity = 0;  // pixels, as announced
+  bool cacheReset = false;     // INVAL_ALL_PIXMAPS seen
+  size_t cachedImages = 0, fromCache = 0, invalidated = 0;
+
+  uint64_t cachedPixels() const {
+    uint64_t n = 0;
+    for (const auto& [id, c] : cache)
+      n += uint64_t{c.width} * c.height;
+    return n;
+  }
 
   static Rect readRect(wire::Reader& r) {
     Rect x;
@@ -537,15 +627,48 @@ struct Canvas {
       case SPICE_MSG_DISPLAY_MARK:
         marked = true;
         return true;
+      case SPICE_MSG_DISPLAY_INVAL_LIST: {
+        const uint16_t count = r.u16();
+        for (uint16_t i = 0; i < count; ++i) {
+          REQUIRE(r.u8() == SPICE_RES_TYPE_PIXMAP);
+          const uint64_t id = r.u64();
+          REQUIRE(r.ok());
+          REQUIRE(cache.erase(id) == 1);  // only ids the client holds
+          ++invalidated;
+        }
+        REQUIRE(r.remaining() == 0);
+        return true;
+      }
+      case SPICE_MSG_DISPLAY_INVAL_ALL_PIXMAPS:
+        REQUIRE(r.u8() == 0);  // nothing to wait for
+        cache.clear();
+        cacheReset = true;
+        return true;
       case SPICE_MSG_DISPLAY_DRAW_COPY: {
         r.u32();
         const Rect box = readRect(r);
         REQUIRE(r.u8() == SPICE_CLIP_TYPE_NONE);
         const uint32_t at = r.u32();
         wire::Reader img(std::span(m.body).subspan(at));
-        img.u64();
-        REQUIRE(img.u8() == SPICE_IMAGE_TYPE_BITMAP);
-        img.u8();
+        const uint64_t id = img.u64();
+        const uint8_t type = img.u8();
+        const uint8_t flags = img.u8();
+        if (type == SPICE_IMAGE_TYPE_FROM_CACHE) {
+          auto held = cache.find(id);
+          REQUIRE(held != cache.end());  // spice-gtk would wait for it forever
+          REQUIRE(img.u32() == held->second.width);
+          REQUIRE(img.u32() == held->second.height);
+          requireInside(box);
+          REQUIRE(held->second.width == static_cast<uint32_t>(box.right - box.left));
+          REQUIRE(held->second.height == static_cast<uint32_t>(box.bottom - box.top));
+          for (uint32_t y = 0; y < held->second.height; ++y)
+            for (uint32_t x = 0; x < held->second.width; ++x)
+              at_(box.left + x, box.top + y) =
+                  held->second.pixels[size_t{y} * held->second.width + x];
+          ++fromCache;
+          return true;
+        }
+        REQUIRE(type == SPICE_IMAGE_TYPE_BITMAP);
         const uint32_t w = img.u32(), h = img.u32();
         REQUIRE(img.u8() == SPICE_BITMAP_FMT_32BIT);
         REQUIRE(img.u8() == SPICE_BITMAP_FLAGS_TOP_DOWN);
@@ -557,11 +680,20 @@ struct Canvas {
         requireInside(box);
         REQUIRE(w == static_cast<uint32_t>(box.right - box.left));
         REQUIRE(h == static_cast<uint32_t>(box.bottom - box.top));
+        Cached decoded{w, h, std::vector<uint32_t>(size_t{w} * h)};
         for (uint32_t y = 0; y < h; ++y) {
           auto row = img.bytes(stride);
           REQUIRE(img.ok());
           for (uint32_t x = 0; x < w; ++x)
-            at_(box.left + x, box.top + y) = wire::Reader(row.subspan(x * 4)).u32();
+            decoded.pixels[size_t{y} * w + x] = at_(box.left + x, box.top + y) =
+                wire::Reader(row.subspan(x * 4)).u32();
+        }
+        if (flags & SPICE_IMAGE_FLAGS_CACHE_ME) {
+          REQUIRE(cacheCapacity > 0);     // only to a client that announced a cache
+          REQUIRE(cache.count(id) == 0);  // spice-gtk would count a held id twice
+          cache[id] = std::move(decoded);
+          REQUIRE(cachedPixels() <= cacheCapacity);
+          ++cachedImages;
         }
         return true;
       }
@@ -623,16 +755,28 @@ struct Canvas {
   uint32_t& at_(int32_t x, int32_t y) { return pixels[size_t(y) * width + size_t(x)]; }
 };
 
-// A display client linked into a new session, its first picture received (up to MARK).
+// A display client linked into a new session, its first picture received (up to MARK). With
+// `cachePixels` > 0 it announces a pixmap cache of that many pixels in DISPLAY_INIT (as
+// spice-gtk does, right after the link) and also waits for the server's INVAL_ALL_PIXMAPS.
 struct DisplayClient {
   RawClient main, display;
   Canvas canvas;
-  explicit DisplayClient(Harness& h, bool autoAck = true) : main(h), display(h) {
+  explicit DisplayClient(Harness& h, bool autoAck = true, int64_t cachePixels = 0)
+      : main(h), display(h) {
     display.setAutoAck(autoAck);
     const uint32_t session = main.linkMain();
     REQUIRE(display.link(SPICE_CHANNEL_DISPLAY, session) == SPICE_LINK_ERR_OK);
-    while (!canvas.marked)
+    if (cachePixels != 0)
+      sendDisplayInit(cachePixels);
+    while (!canvas.marked || (cachePixels > 0 && !canvas.cacheReset))
       REQUIRE(canvas.apply(display.next()));
+  }
+  void sendDisplayInit(int64_t cachePixels) {
+    canvas.cacheCapacity = cachePixels > 0 ? static_cast<uint64_t>(cachePixels) : 0;
+    wire::Writer w;
+    // pixmap_cache_id, pixmap_cache_size, glz_dictionary_id, glz_dictionary_window_size
+    w.u8(1).u64(static_cast<uint64_t>(cachePixels)).u8(1).u32(1 << 20);
+    display.sendMessage(SPICE_MSGC_DISPLAY_INIT, w.data());
   }
   void ack() { display.sendMessage(SPICE_MSGC_ACK, {}); }
 };
@@ -762,6 +906,117 @@ TEST_CASE("a client that stops ACKing gets pending damage, bounded, then catches
     return slow.canvas.differences(seg) == 0;
   });
   CHECK(slow.canvas.differences(seg) == 0);
+}
+
+// --- The pixmap cache ---
+
+// Paints `r` of the segment with a pattern picked by `seed` (the same seed, the same pixels).
+void paint(Segment& seg, const Rect& r, uint32_t seed) {
+  for (int32_t y = r.top; y < r.bottom; ++y)
+    for (int32_t x = r.left; x < r.right; ++x) {
+      const auto dx = static_cast<uint32_t>(x - r.left), dy = static_cast<uint32_t>(y - r.top);
+      seg.setPixel(static_cast<uint32_t>(x), static_cast<uint32_t>(y),
+                   (dx * 37 + dy * 11 + seed * 0x9e3779b9u) & 0x00ffffff);
+    }
+}
+
+// Sends `damage` as a frame and applies what arrives until the client's picture is the segment.
+void drawAndFollow(Harness& h, DisplayClient& c, Segment& seg, std::vector<Rect> damage) {
+  h.server->frame(seg.layout.generation, {}, damage);
+  h.loop.runUntil([&] {
+    while (c.display.hasMessage())
+      REQUIRE(c.canvas.apply(c.display.next()));
+    return c.canvas.differences(seg) == 0 && c.display.available() == 0;
+  });
+  REQUIRE(c.canvas.differences(seg) == 0);
+}
+
+TEST_CASE("a client with a cache gets CACHE_ME, then FROM_CACHE for a repeated damage rect",
+          "[server][cache]") {
+  Harness h(offSettings());
+  Segment seg(200, 150, 1);
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout));
+  DisplayClient c(h, true, /*cachePixels=*/100000);
+  const Rect caret{20, 30, 50, 70};  // 40 x 30
+  // A blinking caret: on, off, on, off. The first two are new images, the last two repeats.
+  paint(seg, caret, 1);
+  drawAndFollow(h, c, seg, {caret});
+  CHECK(c.canvas.cachedImages == 1);
+  paint(seg, caret, 2);
+  drawAndFollow(h, c, seg, {caret});
+  CHECK(c.canvas.cachedImages == 2);
+  CHECK(c.canvas.fromCache == 0);
+  paint(seg, caret, 1);
+  drawAndFollow(h, c, seg, {caret});
+  CHECK(c.canvas.fromCache == 1);
+  paint(seg, caret, 2);
+  drawAndFollow(h, c, seg, {caret});
+  CHECK(c.canvas.fromCache == 2);
+  // The same pixels elsewhere (a window moved back): from the cache too, drawn at the new place.
+  const Rect moved{100, 120, 130, 160};
+  paint(seg, moved, 1);
+  drawAndFollow(h, c, seg, {moved});
+  CHECK(c.canvas.fromCache == 3);
+  CHECK(c.canvas.cachedImages == 2);
+  // One pixel changed: a new image, never the cached one.
+  seg.setPixel(121, 101, 0x00abcdef);
+  drawAndFollow(h, c, seg, {moved});
+  CHECK(c.canvas.fromCache == 3);
+  CHECK(c.canvas.cachedImages == 3);
+}
+
+TEST_CASE("a client without a cache never gets CACHE_ME or FROM_CACHE", "[server][cache]") {
+  Harness h(offSettings());
+  Segment seg(200, 150, 1);
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout));
+  // One announces no cache (size 0, as a client may), one sends no DISPLAY_INIT at all.
+  const int64_t announced = GENERATE(int64_t{0}, int64_t{-5});
+  DisplayClient silent(h), zero(h, true, announced);
+  const Rect caret{20, 30, 50, 70};
+  for (uint32_t n = 0; n < 4; ++n) {
+    paint(seg, caret, n % 2);
+    for (DisplayClient* c : {&silent, &zero})
+      drawAndFollow(h, *c, seg, {caret});  // the canvas fails the test on a CACHE_ME
+  }
+  for (DisplayClient* c : {&silent, &zero}) {
+    CHECK(c->canvas.fromCache == 0);
+    CHECK(c->canvas.cachedImages == 0);
+    CHECK_FALSE(c->canvas.cacheReset);
+  }
+}
+
+TEST_CASE("a small cache: INVAL_LIST drops the oldest image before the one that needs its room",
+          "[server][cache]") {
+  Harness h(offSettings());
+  Segment seg(200, 150, 1);
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout));
+  DisplayClient c(h, true, /*cachePixels=*/2500);  // room for two 40 x 30 images
+  const Rect area{20, 30, 50, 70};
+  for (uint32_t seed : {1u, 2u})
+    paint(seg, area, seed), drawAndFollow(h, c, seg, {area});
+  CHECK(c.canvas.cachedImages == 2);
+  CHECK(c.canvas.invalidated == 0);
+  paint(seg, area, 3);  // evicts 1 (the least recently used)
+  drawAndFollow(h, c, seg, {area});
+  CHECK(c.canvas.invalidated == 1);
+  paint(seg, area, 2);  // still held
+  drawAndFollow(h, c, seg, {area});
+  CHECK(c.canvas.fromCache == 1);
+  paint(seg, area, 1);  // dropped: sent again with CACHE_ME, evicting 3 (2 was used since)
+  drawAndFollow(h, c, seg, {area});
+  CHECK(c.canvas.fromCache == 1);
+  CHECK(c.canvas.cachedImages == 4);
+  CHECK(c.canvas.invalidated == 2);
+  paint(seg, area, 2);
+  drawAndFollow(h, c, seg, {area});
+  CHECK(c.canvas.fromCache == 2);
+  // An image larger than the whole cache is sent whole and evicts nothing.
+  const Rect big{0, 0, 100, 100};
+  paint(seg, big, 9);
+  drawAndFollow(h, c, seg, {big});
+  CHECK(c.canvas.cachedImages == 4);
+  CHECK(c.canvas.invalidated == 2);
+  CHECK(c.canvas.cache.size() == 2);
 }
 
 // --- Hostile clients: each ends its own connection only ---
@@ -921,6 +1176,15 @@ TEST_CASE("hostile messages after the link end their connection", "[server][host
       h.loop.spin();
     }
     h.loop.runUntil([&] { return h.lastCounts.sessions == 0; });
+  }
+  SECTION("display-init-twice") {
+    RawClient display(h);
+    REQUIRE(display.link(SPICE_CHANNEL_DISPLAY, session) == SPICE_LINK_ERR_OK);
+    wire::Writer w;
+    w.u8(1).u64(1 << 20).u8(1).u32(1 << 20);
+    display.sendMessage(SPICE_MSGC_DISPLAY_INIT, w.data());
+    display.sendMessage(SPICE_MSGC_DISPLAY_INIT, w.data());
+    display.awaitEnd();
   }
   SECTION("input-flood") {
     wire::Writer key;
@@ -1183,6 +1447,45 @@ TEST_CASE("setDisplay refuses a segment smaller than its layout", "[server]") {
   layout = seg.layout;
   layout.stride = 4;
   CHECK(h.server->setDisplay(seg.readOnly(), layout));
+}
+
+TEST_CASE("setDisplay refuses a segment that is not sealed against shrinking",
+          "[server][hostile]") {
+  Harness h(Settings{});
+  constexpr uint32_t SIDE = 32;
+  DisplayLayout layout;
+  layout.generation = 1;
+  layout.width = layout.height = SIDE;
+  layout.stride = SIDE * 4;
+  layout.size = uint64_t{SIDE} * SIDE * 4;
+  SECTION("a memfd without seals (truncating it under the mapping would SIGBUS the netproxy)") {
+    base::Fd fd(::memfd_create("unsealed-segment", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    REQUIRE(fd);
+    REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(layout.size)) == 0);
+    REQUIRE(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_GROW) == 0);  // sealed, but not the one needed
+    auto error = h.server->setDisplay(std::move(fd), layout);
+    REQUIRE(error);
+    CHECK_THAT(*error,
+               Catch::Contains("not sealed against shrinking") && Catch::Contains("F_SEAL_SHRINK"));
+  }
+  SECTION("a memfd that cannot be sealed") {
+    base::Fd fd(::memfd_create("unsealable-segment", MFD_CLOEXEC));
+    REQUIRE(fd);
+    REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(layout.size)) == 0);
+    auto error = h.server->setDisplay(std::move(fd), layout);
+    REQUIRE(error);
+    CHECK_THAT(*error, Catch::Contains("F_SEAL_SHRINK"));
+  }
+  SECTION("not a memfd at all") {
+    base::Fd fd(::open("/dev/zero", O_RDONLY | O_CLOEXEC));
+    REQUIRE(fd);
+    auto error = h.server->setDisplay(std::move(fd), layout);
+    REQUIRE(error);
+    CHECK_THAT(*error, Catch::Contains("seals"));
+  }
+  // The same layout in a sealed segment (as the broker makes them) is taken.
+  Segment sealed(SIDE, SIDE, 1);
+  CHECK_FALSE(h.server->setDisplay(sealed.readOnly(), sealed.layout));
 }
 
 }  // namespace

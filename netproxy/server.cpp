@@ -19,14 +19,24 @@
 // than 2 windows of messages are un-ACKed and fewer than MAX_QUEUED_DISPLAY_BYTES are queued.
 // Frames go to in-step clients as hints (DRAW_FILL, COPY_BITS) then DRAW_COPY per damage rect;
 // a client out of step (or falling out mid-frame) gets its share as pending damage instead (at
-// most MAX_PENDING_RECTS rects, merged beyond), sent from the segment when it catches up. Any
+// most MAX_PENDING_RECTS rects, merged beyond), sent from the shadow when it catches up. Any
 // hint after pending damage becomes damage too, since hints replay on the client's old picture.
 // Memory per display client: MAX_QUEUED_DISPLAY_BYTES plus one message (at most one full
 // picture as a raw bitmap: 4 * width * height + 128 bytes), input under 4 KiB, and 16 rects.
-// The image cache (CACHE_ME / FROM_CACHE) is not implemented: every image is sent whole.
+//
+// Image cache (image-cache.h): a display client whose DISPLAY_INIT announces a pixmap cache gets
+// INVAL_ALL_PIXMAPS at once (its cache then matches the empty mirror, whatever it held), then
+// each DRAW_COPY image of MIN_CACHED_PIXELS or more is copied out of the shadow (struct Display),
+// hashed (SHA-256), and sent either as FROM_CACHE (the mirror says the client holds it) or whole
+// with CACHE_ME and its hash id (after an INVAL_LIST of what its room evicts). The contiguous copy
+// costs one more picture-sized buffer while an image is encoded. The mirror stays
+// valid across new primaries (cached images are not tied to a surface; spice-server does not
+// invalidate them either) and is dropped with the connection. Messages reach the client in the
+// order they are queued, so the mirror is exact at each point of the stream.
 #include "netproxy/server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/rand.h>
@@ -47,6 +57,7 @@
 #include <map>
 
 #include "base/uv-handle.h"
+#include "netproxy/image-cache.h"
 #include "netproxy/image-encode.h"
 #include "netproxy/link.h"
 #include "netproxy/messages.h"
@@ -62,6 +73,9 @@ namespace {
 constexpr size_t MAX_CONNECTIONS = 200;
 // A client must finish the link stage within this (a peer trickling bytes holds a descriptor).
 constexpr uint64_t LINK_DEADLINE_MS = 10000;
+// A message begun after the link must be finished within this (a truncated message, then
+// silence, would hold the descriptor forever).
+constexpr uint64_t MESSAGE_DEADLINE_MS = 10000;
 // Display: the SET_ACK window (spice-server's is 20 too) and the bytes queued on a client's
 // socket beyond which it gets no new drawing (pending damage instead).
 constexpr uint32_t ACK_WINDOW = 20;
@@ -149,6 +163,9 @@ struct Conn {
   size_t need = LINK_HEADER_SIZE;
   bool inBody = false;
   uint16_t bodyType = 0;
+  // When the message being read (after the link stage) was begun; 0: none is. A peer that
+  // starts one and never finishes it holds a descriptor: it is closed at MESSAGE_DEADLINE_MS.
+  uint64_t partialSince = 0;
 
   // Output: framed messages; `frontSent` bytes of the first are written.
   std::deque<std::vector<uint8_t>> out;
@@ -167,6 +184,8 @@ struct Conn {
   uint64_t sentSinceAck = 0, acked = 0;
   bool surfaceLive = false, needMark = false;
   std::vector<Rect> pending;
+  bool displayInitSeen = false;
+  ImageCache cache;  // off until DISPLAY_INIT announces a pixmap cache
 
   // Cursor: what the client shows.
   bool cursorSent = false, cursorVisible = false, cursorDirty = false;
@@ -184,13 +203,31 @@ struct Session {
   uint16_t mouseMode = SPICE_MOUSE_MODE_CLIENT;
 };
 
+// The primary: the broker's segment, mapped read-only, and the netproxy's own copy of it (the
+// shadow). The segment is read only inside setDisplay() and frame(), which the broker calls while
+// the renderer waits (render.capnp outputTaken): the shadow is always the picture after one whole
+// batch, and every image sent to a client, now or later (pending damage, a new client), comes from
+// it. Reading the segment at any other time could send half-drawn pixels that a later copy-bits
+// hint would then copy elsewhere on the client.
 struct Display {
   const uint8_t* map = nullptr;
   size_t size = 0;
   DisplayLayout layout;
+  std::vector<uint8_t> shadow;  // width * height * 4 bytes, rows of width * 4, top first
   ~Display() {
     if (map)
       ::munmap(const_cast<uint8_t*>(map), size);
+  }
+  uint32_t shadowStride() const { return layout.width * 4; }
+  // Copies `r` (already clipped to the picture) from the segment into the shadow.
+  void take(const Rect& r) {
+    const size_t bytes = size_t{static_cast<uint32_t>(r.right - r.left)} * 4;
+    for (int32_t y = r.top; y < r.bottom; ++y) {
+      const size_t row = static_cast<uint32_t>(y);
+      const size_t x = size_t{static_cast<uint32_t>(r.left)} * 4;
+      std::memcpy(shadow.data() + row * shadowStride() + x,
+                  map + layout.offset + row * layout.stride + x, bytes);
+    }
   }
 };
 
@@ -238,6 +275,15 @@ struct Server::Impl {
     else
       spdlog::info("client {} ({}): {}", c.peer, channelName(c.channelType), reason);
     const bool wasLinked = c.state == ConnState::Linked;
+    if (c.cache.enabled()) {
+      const ImageCache::Stats& st = c.cache.stats();
+      const uint64_t lookups = st.hits + st.misses + st.collisions;
+      spdlog::info(
+          "client {}: image cache: {} of {} images drawn from it ({:.1f}%), {} pixels not sent, "
+          "{} cached, {} evicted, {} id collisions",
+          c.peer, st.hits, lookups, lookups ? 100.0 * double(st.hits) / double(lookups) : 0.0,
+          st.pixelsSaved, st.inserted, st.evicted, st.collisions);
+    }
     c.state = ConnState::Closed;
     c.poll.close();
     c.out.clear();
@@ -396,7 +442,7 @@ struct Server::Impl {
         if (errno == EINTR)
           continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
-          return;
+          break;
         closeConn(c, std::string("receive failed: ") + std::strerror(errno), false);
         return;
       }
@@ -408,6 +454,13 @@ struct Server::Impl {
       c.in.resize(have + static_cast<size_t>(n));
       if (c.in.size() == c.need)
         handleUnit(c);
+    }
+    if (c.state == ConnState::Linked) {
+      const bool partial = !c.in.empty() || c.inBody;
+      if (!partial)
+        c.partialSince = 0;
+      else if (c.partialSince == 0)
+        c.partialSince = uv_now(loop);
     }
   }
 
@@ -689,8 +742,24 @@ struct Server::Impl {
     spdlog::debug("client {}: {} bytes of agent data discarded (no agent)", c.peer, d.size);
   }
   void handle(Conn&, const AgentToken&) {}
-  void handle(Conn&, const DisplayInit&) {
-    // The pixmap cache it announces is unused: spicebox sends no CACHE_ME image.
+  void handle(Conn& c, const DisplayInit& init) {
+    // spice-gtk sends one per connection; spice-server drops a client that sends another.
+    if (c.displayInitSeen) {
+      closeConn(c, "sent DISPLAY_INIT twice", true);
+      return;
+    }
+    c.displayInitSeen = true;
+    // The GLZ dictionary it also announces is unused: spicebox sends no GLZ image.
+    if (init.pixmapCacheSize <= 0) {
+      spdlog::debug("client {}: no pixmap cache (size {})", c.peer, init.pixmapCacheSize);
+      return;
+    }
+    c.cache = ImageCache(init.pixmapCacheSize);
+    // Whatever the client's cache holds (a reconnecting spice-gtk keeps its session's cache),
+    // it is empty after this, as the mirror is.
+    send(c, buildInvalAllPixmaps());
+    spdlog::debug("client {}: pixmap cache of {} pixels (announced {})", c.peer,
+                  c.cache.capacityPixels(), init.pixmapCacheSize);
   }
   void handle(Conn&, const PreferredCompression&) {}
   void handle(Conn&, const KeyModifiers&) {}
@@ -776,16 +845,43 @@ struct Server::Impl {
   }
 
   void sendDrawCopy(Conn& c, const Rect& r) {
-    const DisplayLayout& l = display->layout;
     PixelRect px;
-    px.pixels = display->map + l.offset + size_t{static_cast<uint32_t>(r.top)} * l.stride +
+    px.pixels = display->shadow.data() +
+                size_t{static_cast<uint32_t>(r.top)} * display->shadowStride() +
                 size_t{static_cast<uint32_t>(r.left)} * 4;
-    px.stride = l.stride;
+    px.stride = display->shadowStride();
     px.width = static_cast<uint32_t>(r.right - r.left);
     px.height = static_cast<uint32_t>(r.bottom - r.top);
-    // TODO(perf): clients with the same compression share one encoding per rect.
-    const EncodedImage image = encodeImage(px, settings.imageCompression, c.lz4);
-    send(c, buildDrawCopy(r, image, nextImageId++));
+    // Not worth caching, or larger than the client's whole cache (so never in it): sent as is.
+    const uint64_t pixels = uint64_t{px.width} * px.height;
+    if (!c.cache.enabled() || pixels < ImageCache::MIN_CACHED_PIXELS ||
+        pixels > c.cache.capacityPixels()) {
+      // TODO(perf): clients with the same compression share one encoding per rect.
+      const EncodedImage image = encodeImage(px, settings.imageCompression, c.lz4);
+      send(c, buildDrawCopy(r, image, nextImageId++));
+      return;
+    }
+    // Hashed and encoded from one contiguous copy.
+    // TODO(perf): clients share one copy, hash and encoding per rect.
+    std::vector<uint8_t> copy(size_t{px.width} * px.height * 4);
+    for (uint32_t y = 0; y < px.height; ++y)
+      std::memcpy(copy.data() + size_t{y} * px.width * 4, px.pixels + size_t{y} * px.stride,
+                  size_t{px.width} * 4);
+    const ImageKey key = imageKey(px.width, px.height, copy.data());
+    const ImageCache::Lookup found = c.cache.find(key);
+    if (found == ImageCache::Lookup::Hit) {
+      send(c, buildDrawCopyFromCache(r, key.id));
+      return;
+    }
+    const PixelRect local{copy.data(), px.width * 4, px.width, px.height};
+    const EncodedImage image = encodeImage(local, settings.imageCompression, c.lz4);
+    std::vector<uint64_t> evicted;
+    const bool cacheMe = found == ImageCache::Lookup::Miss && c.cache.insert(key, evicted);
+    // The evicted ids are dropped before the image that took their room is cached.
+    for (size_t i = 0; i < evicted.size(); i += MAX_INVAL_IDS)
+      send(c, buildInvalList(
+                  std::span(evicted).subspan(i, std::min(MAX_INVAL_IDS, evicted.size() - i))));
+    send(c, buildDrawCopy(r, image, cacheMe ? key.id : nextImageId++, cacheMe));
   }
 
   void sendPending(Conn& c) {
@@ -958,6 +1054,16 @@ struct Server::Impl {
                     ? "did not take its last messages in time"
                     : fmt::format("link stage not finished within {} s", LINK_DEADLINE_MS / 1000),
                 true);
+    std::vector<Conn*> stuck;
+    for (auto& [id, c] : conns)
+      if (c->state == ConnState::Linked && !c->closeAfterFlush && c->partialSince != 0 &&
+          now > c->partialSince + MESSAGE_DEADLINE_MS)
+        stuck.push_back(c.get());
+    for (Conn* c : stuck)
+      closeConn(
+          *c,
+          fmt::format("a message begun {} s ago was never finished", MESSAGE_DEADLINE_MS / 1000),
+          true);
   }
 };
 
@@ -970,6 +1076,9 @@ void Server::prepare() {
     spdlog::error("ticket: OpenSSL's random generator does not work");
   if (!ticketKey())
     ticketKey() = TicketKey::generate();
+  // OpenSSL looks SHA-256 up (and may load its provider) on first use: here, before the sandbox.
+  const uint8_t pixels[4] = {};
+  (void)imageKey(1, 1, pixels);
 }
 
 Server::Server(uv_loop_t* loop, Events events)
@@ -1034,6 +1143,17 @@ std::optional<std::string> Server::setDisplay(base::Fd segment, const DisplayLay
         "the picture (offset {}, {} rows of stride {}) does not fit the segment's "
         "{} bytes",
         l.offset, l.height, l.stride, l.size);
+  // A segment that can shrink would SIGBUS this process on the next read of its lost pages: the
+  // broker seals its segments (SHRINK | GROW | SEAL), and a descriptor without the seal is refused.
+  const int seals = ::fcntl(segment.get(), F_GET_SEALS);
+  if (seals < 0)
+    return fmt::format(
+        "cannot read the display segment's seals ({}): it must be a memfd created with "
+        "MFD_ALLOW_SEALING and sealed with F_SEAL_SHRINK",
+        std::strerror(errno));
+  if (!(seals & F_SEAL_SHRINK))
+    return "the display segment is not sealed against shrinking: a viewer or the VMM could "
+           "truncate it under the mapping; seal it with fcntl(F_ADD_SEALS, F_SEAL_SHRINK)";
   const off_t actual = ::lseek(segment.get(), 0, SEEK_END);
   if (actual < 0 || static_cast<uint64_t>(actual) < l.size)
     return fmt::format("the display segment is {} bytes, its layout says {}", actual, l.size);
@@ -1045,6 +1165,8 @@ std::optional<std::string> Server::setDisplay(base::Fd segment, const DisplayLay
   s.display->map = static_cast<const uint8_t*>(map);
   s.display->size = l.size;
   s.display->layout = l;
+  s.display->shadow.resize(size_t{l.width} * l.height * 4);
+  s.display->take(s.fullRect());
   for (Conn* c : s.linked(SPICE_CHANNEL_DISPLAY))
     s.createSurface(*c);
   return std::nullopt;
@@ -1068,6 +1190,22 @@ void Server::frame(uint64_t generation, std::span<const Hint> hints, std::span<c
   Impl& s = *impl_;
   if (!s.display || generation != s.display->layout.generation)
     return;
+  // The shadow takes every pixel the batch changed, before any client is served from it.
+  const uint32_t w = s.display->layout.width, h = s.display->layout.height;
+  auto take = [&](const Rect& r) {
+    const Rect clipped = clipTo(r, w, h);
+    if (!emptyRect(clipped))
+      s.display->take(clipped);
+  };
+  for (const Hint& hint : hints) {
+    if (const auto* fill = std::get_if<SolidFill>(&hint))
+      for (const Rect& r : fill->rects)
+        take(r);
+    else
+      take(std::get<CopyBits>(hint).dest);
+  }
+  for (const Rect& r : damage)
+    take(r);
   for (Conn* c : s.linked(SPICE_CHANNEL_DISPLAY))
     if (c->surfaceLive)
       s.sendFrame(*c, hints, damage);

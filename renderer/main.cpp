@@ -3,6 +3,9 @@
 #include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
 
+#include <deque>
+#include <memory>
+
 #include "ipc/child-link.h"
 #include "ipc/limits.h"
 #include "ipc/render.capnp.h"
@@ -75,6 +78,49 @@ class RendererLink
  protected:
   ipc::Channel::Verdict onBoundaryMessage(BrokerToRenderer::Reader root,
                                           ipc::ReceivedFds& fds) override {
+    if (root.which() == BrokerToRenderer::OUTPUT_TAKEN)
+      return outputTaken(root.getOutputTaken());
+    if (awaitingTaken_) {
+      // The last batch's pixels are still being read: everything else waits, in order.
+      if (deferred_.size() >= MAX_DEFERRED_MESSAGES)
+        return std::string("more than ") + std::to_string(MAX_DEFERRED_MESSAGES) +
+               " messages while waiting for outputTaken (a broker bug)";
+      Deferred d;
+      d.message = std::make_unique<capnp::MallocMessageBuilder>();
+      d.message->setRoot(root);
+      for (size_t i = 0; i < fds.size(); ++i)
+        d.fds.push_back(fds.take(i));
+      deferred_.push_back(std::move(d));
+      return std::nullopt;
+    }
+    return handle(root, fds);
+  }
+
+ private:
+  // Messages that arrived while the renderer waited for outputTaken, with their descriptors.
+  struct Deferred {
+    std::unique_ptr<capnp::MallocMessageBuilder> message;
+    std::vector<base::Fd> fds;
+  };
+  // More than the broker ever has in flight (the device's batches, their segments, memory).
+  static constexpr size_t MAX_DEFERRED_MESSAGES = 512;
+
+  ipc::Channel::Verdict outputTaken(uint64_t seq) {
+    if (!awaitingTaken_ || *awaitingTaken_ != seq)
+      return "outputTaken " + std::to_string(seq) + " for a batch not waiting for it";
+    awaitingTaken_.reset();
+    // What waited runs now, in order, until a batch makes the renderer wait again.
+    while (!awaitingTaken_ && !deferred_.empty()) {
+      Deferred d = std::move(deferred_.front());
+      deferred_.pop_front();
+      ipc::ReceivedFds fds(std::move(d.fds));
+      if (auto verdict = handle(d.message->getRoot<BrokerToRenderer>().asReader(), fds))
+        return verdict;
+    }
+    return std::nullopt;
+  }
+
+  ipc::Channel::Verdict handle(BrokerToRenderer::Reader root, ipc::ReceivedFds& fds) {
     switch (root.which()) {
       case BrokerToRenderer::GUEST_MEMORY: {
         worker_.detach();
@@ -118,6 +164,7 @@ class RendererLink
         } else {
           channel().send(reply);
         }
+        awaitingTaken_ = batch.getSeq();
         return std::nullopt;
       }
       default:
@@ -125,7 +172,6 @@ class RendererLink
     }
   }
 
- private:
   // The reply to one batch: its output, and the pointer when the batch changed it.
   void buildBatchDone(capnp::MessageBuilder& message, uint64_t seq, uint32_t rejected,
                       const PrimaryOutput& output) {
@@ -139,6 +185,8 @@ class RendererLink
 
   std::optional<GuestMapping> mapping_;
   Worker worker_;
+  std::optional<uint64_t> awaitingTaken_;  // the batch whose output is being read
+  std::deque<Deferred> deferred_;
 };
 
 }  // namespace
