@@ -157,13 +157,7 @@ void buildConfigure(capnp::MessageBuilder& message, const NetproxySettings& sett
 }
 
 void buildNetproxySegment(capnp::MessageBuilder& message, const DisplaySegmentLayout& layout) {
-  auto s = message.initRoot<BrokerToNetproxy>().initDisplaySegment();
-  s.setGeneration(layout.generation);
-  s.setSize(layout.size);
-  s.setOffset(0);
-  s.setStride(layout.stride);
-  s.setWidth(layout.width);
-  s.setHeight(layout.height);
+  fillDisplaySegment(message.initRoot<BrokerToNetproxy>().initDisplaySegment(), layout);
 }
 
 void buildNoDisplay(capnp::MessageBuilder& message) {

@@ -233,7 +233,11 @@ void buildGuestMemory(capnp::MessageBuilder& message, const GuestMemoryLayout& l
 }
 
 void buildDisplaySegment(capnp::MessageBuilder& message, const DisplaySegmentLayout& layout) {
-  auto s = message.initRoot<BrokerToRenderer>().initDisplaySegment();
+  fillDisplaySegment(message.initRoot<BrokerToRenderer>().initDisplaySegment(), layout);
+}
+
+void fillDisplaySegment(ipc::render::DisplaySegment::Builder s,
+                        const DisplaySegmentLayout& layout) {
   s.setGeneration(layout.generation);
   s.setSize(layout.size);
   s.setOffset(0);

@@ -14,6 +14,7 @@
 
 #include "broker/peer-child.h"
 #include "broker/qxl/device.h"
+#include "ipc/render.capnp.h"
 
 namespace spicebox::broker {
 
@@ -38,6 +39,9 @@ struct DisplaySegmentLayout {
   uint32_t stride = 0, width = 0, height = 0;
 };
 void buildDisplaySegment(capnp::MessageBuilder& message, const DisplaySegmentLayout& layout);
+// The same record inside another message (display.capnp uses render.capnp's DisplaySegment).
+void fillDisplaySegment(ipc::render::DisplaySegment::Builder out,
+                        const DisplaySegmentLayout& layout);
 
 // The primary's size when a batch ended (what its batchDone rectangles must lie in).
 struct PrimarySize {
