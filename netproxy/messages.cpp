@@ -381,6 +381,10 @@ OutMessage buildMark() {
   return {SPICE_MSG_DISPLAY_MARK, {}};
 }
 
+OutMessage buildDisplayReset() {
+  return {SPICE_MSG_DISPLAY_RESET, {}};
+}
+
 OutMessage buildDrawFill(uint32_t color, std::span<const Rect> rects) {
   Rect box = rects.empty() ? Rect{} : rects[0];
   for (const Rect& r : rects) {

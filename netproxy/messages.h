@@ -105,6 +105,9 @@ OutMessage buildSurfaceCreate(uint32_t width, uint32_t height);  // the primary,
 OutMessage buildSurfaceDestroy();
 OutMessage buildMonitorsConfig(uint32_t width, uint32_t height);
 OutMessage buildMark();
+// The display is gone (the guest reset or destroyed it): the client clears its picture and forgets
+// its palettes; a MARK follows the next picture.
+OutMessage buildDisplayReset();
 // SOLID brush, OP_PUT, `rects` as the clip (the box is their bounding box). 1..MAX_FILL_RECTS.
 constexpr size_t MAX_FILL_RECTS = 256;
 OutMessage buildDrawFill(uint32_t color, std::span<const Rect> rects);

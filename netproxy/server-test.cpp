@@ -839,6 +839,64 @@ TEST_CASE("a frame reaches a display client as fill, copy-bits and draw-copy, in
   CHECK(h.server->counts() == ClientCounts{2, 4, 0});
 }
 
+// Pixels (the x byte aside) that differ between two segments of the same size.
+size_t segmentDifferences(const Segment& a, const Segment& b) {
+  size_t n = 0;
+  for (uint32_t y = 0; y < a.layout.height; ++y)
+    for (uint32_t x = 0; x < a.layout.width; ++x)
+      n += (a.pixel(x, y) & 0xffffff) != (b.pixel(x, y) & 0xffffff);
+  return n;
+}
+
+TEST_CASE("clients get the picture as of the last frame, never pixels drawn since",
+          "[server][frame]") {
+  // The renderer draws into the segment between frames; what it drew is not the client's until
+  // its frame arrives (a half-drawn picture plus a later copy-bits would copy wrong pixels).
+  Harness h(offSettings());
+  Segment seg(200, 150, 1);
+  Segment asShown(200, 150, 1);  // the same initial picture, never drawn on
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout));
+  drawFrame(seg, 0);  // the renderer's next batch, its frame not sent yet
+  REQUIRE(segmentDifferences(asShown, seg) > 0);
+  DisplayClient late(h);
+  CHECK(late.canvas.differences(asShown) == 0);
+  CHECK(late.canvas.differences(seg) > 0);
+  // The frame: now the drawing is the client's.
+  auto hints = frameHints(0, 200);
+  auto damage = frameDamage(0);
+  h.server->frame(1, hints, damage);
+  for (int i = 0; i < 3; ++i)
+    REQUIRE(late.canvas.apply(late.display.next()));
+  CHECK(late.canvas.differences(seg) == 0);
+}
+
+TEST_CASE("a display that goes away: RESET, then SURFACE_DESTROY", "[server][frame]") {
+  Harness h(offSettings());
+  Segment seg(64, 48, 1);
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout));
+  DisplayClient c(h);
+  h.server->dropDisplay();
+  CHECK(c.display.next().type == SPICE_MSG_DISPLAY_RESET);
+  CHECK(c.display.next().type == SPICE_MSG_DISPLAY_SURFACE_DESTROY);
+}
+
+TEST_CASE("the main channel pings at link; the client's PONG is taken", "[server][main]") {
+  Harness h(offSettings());
+  RawClient main(h);
+  REQUIRE(main.link(SPICE_CHANNEL_MAIN, 0) == SPICE_LINK_ERR_OK);
+  REQUIRE(main.next().type == SPICE_MSG_MAIN_INIT);
+  auto ping = main.next();
+  REQUIRE(ping.type == SPICE_MSG_PING);
+  wire::Reader r(ping.body);
+  const uint32_t id = r.u32();
+  wire::Writer pong;
+  pong.u32(id).u64(r.u64());
+  main.sendMessage(SPICE_MSGC_PONG, pong.data());
+  // Still served: the channel list comes back.
+  main.sendMessage(SPICE_MSGC_MAIN_ATTACH_CHANNELS, {});
+  CHECK(main.nextOf(SPICE_MSG_MAIN_CHANNELS_LIST).type == SPICE_MSG_MAIN_CHANNELS_LIST);
+}
+
 TEST_CASE("hints and damage outside the display are clipped or redrawn, never replayed wrong",
           "[server][frame]") {
   Harness h(offSettings());

@@ -76,6 +76,8 @@ constexpr uint64_t LINK_DEADLINE_MS = 10000;
 // A message begun after the link must be finished within this (a truncated message, then
 // silence, would hold the descriptor forever).
 constexpr uint64_t MESSAGE_DEADLINE_MS = 10000;
+// Main channel keepalive: a PING this often (spice-gtk answers each with a PONG).
+constexpr uint64_t PING_INTERVAL_MS = 30000;
 // Display: the SET_ACK window (spice-server's is 20 too) and the bytes queued on a client's
 // socket beyond which it gets no new drawing (pending damage instead).
 constexpr uint32_t ACK_WINDOW = 20;
@@ -166,6 +168,10 @@ struct Conn {
   // When the message being read (after the link stage) was begun; 0: none is. A peer that
   // starts one and never finishes it holds a descriptor: it is closed at MESSAGE_DEADLINE_MS.
   uint64_t partialSince = 0;
+  // Main channel: the last PING's id and when it went out (0: answered), the last round trip.
+  uint32_t pingId = 0;
+  uint64_t pingSentAt = 0;
+  uint64_t roundTripMs = 0;
 
   // Output: framed messages; `frontSent` bytes of the first are written.
   std::deque<std::vector<uint8_t>> out;
@@ -248,6 +254,7 @@ struct Server::Impl {
   CursorState cursor;
   uint64_t nextConnId = 1;
   uint64_t nextImageId = 1;
+  uint64_t lastPings = 0;  // uv_now of the last round of main-channel pings
   uint64_t refused = 0;
   ClientCounts reported;
   uint64_t lastRefusalLog = 0;
@@ -275,6 +282,9 @@ struct Server::Impl {
     else
       spdlog::info("client {} ({}): {}", c.peer, channelName(c.channelType), reason);
     const bool wasLinked = c.state == ConnState::Linked;
+    if (wasLinked && c.channelType == SPICE_CHANNEL_MAIN && c.pingId > 0)
+      spdlog::info("client {}: main channel round trip {} ms (last answered ping)", c.peer,
+                   c.roundTripMs);
     if (c.cache.enabled()) {
       const ImageCache::Stats& st = c.cache.stats();
       const uint64_t lookups = st.hits + st.misses + st.collisions;
@@ -655,6 +665,7 @@ struct Server::Impl {
         init.agentTokens = AGENT_TOKENS;
         init.multiMediaTime = static_cast<uint32_t>(uv_now(loop));
         send(c, buildMainInit(init));
+        sendPing(c);  // as spice-server's network test: the client answers at once
         reportCounts();
         return;
       }
@@ -723,7 +734,20 @@ struct Server::Impl {
     c.acked += ACK_WINDOW;
     caughtUp(c);
   }
-  void handle(Conn&, const Pong&) {}
+  void handle(Conn& c, const Pong& p) {
+    if (p.id == c.pingId && c.pingSentAt != 0) {
+      c.roundTripMs = uv_now(loop) - c.pingSentAt;
+      c.pingSentAt = 0;
+    }
+  }
+
+  // A PING on the main channel: at link, then every PING_INTERVAL_MS; its PONG gives the round
+  // trip (logged when the session ends).
+  void sendPing(Conn& c) {
+    c.pingId++;
+    c.pingSentAt = uv_now(loop);
+    send(c, buildPing(c.pingId, c.pingSentAt * 1000000));
+  }
   void handle(Conn& c, const ClientDisconnecting&) { closeConn(c, "disconnecting", false); }
   void handle(Conn& c, const AttachChannels&) {
     const ChannelKind channels[] = {ChannelKind::Display, ChannelKind::Cursor, ChannelKind::Inputs};
@@ -1043,6 +1067,12 @@ struct Server::Impl {
 
   void onTick() {
     const uint64_t now = uv_now(loop);
+    if (now >= lastPings + PING_INTERVAL_MS) {
+      lastPings = now;
+      for (Conn* c : linked(SPICE_CHANNEL_MAIN))
+        if (c->outBytes < MAX_QUEUED_SMALL_BYTES)
+          sendPing(*c);
+    }
     std::vector<Conn*> late;
     for (auto& [id, c] : conns)
       if ((c->state != ConnState::Linked || c->closeAfterFlush) && c->state != ConnState::Closed &&
@@ -1177,8 +1207,10 @@ void Server::dropDisplay() {
   if (!s.display)
     return;
   for (Conn* c : s.linked(SPICE_CHANNEL_DISPLAY)) {
-    if (c->surfaceLive)
+    if (c->surfaceLive) {
+      s.send(*c, buildDisplayReset());
       s.send(*c, buildSurfaceDestroy());
+    }
     c->surfaceLive = false;
     c->needMark = false;
     c->pending.clear();
