@@ -299,8 +299,15 @@ void Vmm::waitUntil(const std::function<bool()>& done, std::string_view what,
   base::UvHandle<uv_timer_t> watchdog;
   uv_timer_init(loop_, watchdog.get());
   watchdog->data = &expired;
+  // uv_stop: libuv (1.44) runs due timers *before* UV_RUN_ONCE's poll, which then blocks until
+  // the next timer or descriptor event; a timer that ends the wait must keep that poll from
+  // blocking, or the wait lasts until some unrelated event (up to this 30 s watchdog).
   uv_timer_start(
-      watchdog.get(), [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; },
+      watchdog.get(),
+      [](uv_timer_t* t) {
+        *static_cast<bool*>(t->data) = true;
+        uv_stop(t->loop);
+      },
       static_cast<uint64_t>(timeout.count()), 0);
   while (!done()) {
     if (stop_.requested())
@@ -322,7 +329,11 @@ void Vmm::pause(std::chrono::milliseconds delay) {
   uv_timer_init(loop_, timer.get());
   timer->data = &fired;
   uv_timer_start(
-      timer.get(), [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; },
+      timer.get(),
+      [](uv_timer_t* t) {
+        *static_cast<bool*>(t->data) = true;
+        uv_stop(t->loop);  // see waitUntil(): the poll after a due timer must not block
+      },
       static_cast<uint64_t>(delay.count()), 0);
   waitUntil([&fired] { return fired; }, "a pacing timer", delay + WATCHDOG);
 }
