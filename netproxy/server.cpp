@@ -430,7 +430,11 @@ struct Server::Impl {
       return;
     auto* impl = static_cast<Impl*>(c->owner);
     if (status < 0) {
-      impl->closeConn(*c, std::string("socket error: ") + uv_strerror(status), false);
+      // libuv reports a socket error (EPOLLERR: mostly a peer that reset the connection) as
+      // UV_EBADF; reading says what it really was (and takes what the peer sent before).
+      impl->readFrom(*c);
+      if (c->state != ConnState::Closed)
+        impl->closeConn(*c, std::string("connection error (") + uv_strerror(status) + ")", false);
       return;
     }
     if (events & UV_WRITABLE)
