@@ -3,10 +3,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <utility>
 
 #include "sandbox/runtime-rules.h"
@@ -33,24 +31,21 @@ sandbox::Profile sandboxProfile(std::vector<int> keepFds) {
   // Memory, the libuv loop, logging, IPC with the broker, exit: see sandbox/runtime-rules.cpp.
   profile.allow = sandbox::runtimeRules();
 
-  // Serving clients on the sockets the broker opened for us. Not socket, bind, listen or
-  // connect: the netproxy never makes a socket or reaches out. libuv's uv_listen would call
-  // listen(2), so accepting is a uv_poll on the inherited listening socket and accept4 (libuv's
-  // own choice too; plain accept(2) is not needed), then uv_tcp_open / uv_pipe_open.
+  // Serving clients on the sockets the broker opened for us, the way netproxy/server.cpp does:
+  // a uv_poll on each inherited listening socket, accept4 (which also gives the peer's address
+  // for the log), then a uv_poll on the client's non-blocking socket, read(2) in and
+  // sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT) out (read and sendmsg: sandbox/runtime-rules.cpp). Not
+  // socket, bind, listen or connect: the netproxy never makes a socket or reaches out. No libuv
+  // stream (uv_tcp, uv_pipe), so none of what they need: no writev, shutdown, getsockname,
+  // getpeername, fcntl(F_GETFL), and no open of /dev/null (uv__stream_init's EMFILE reserve).
+  // getsockopt(SO_PEERCRED) comes back with the shared-memory extension for local viewers.
   const std::vector<sandbox::SyscallRule> clientRules = {
-      {"accept4", "accept a client on an inherited listening socket (non-blocking, cloexec)", {}},
-      {"writev", "libuv streams write a message's header and body in one call", {}},
-      {"shutdown", "uv_shutdown: finish sending to a client before closing", {}},
-      {"getsockname", "log which listening address a client came in on", {}},
-      {"getpeername", "log the client's address", {}},
-      {"fcntl",
-       "uv_pipe_open reads a local viewer socket's access mode (F_GETFL only)",
-       {argEquals(1, F_GETFL)}},
-      {"getsockopt",
-       "read a local viewer's uid and pid on a unix socket (SO_PEERCRED)",
-       {argEquals(1, SOL_SOCKET), argEquals(2, SO_PEERCRED)}},
+      {"accept4",
+       "accept a client on an inherited listening socket (non-blocking, cloexec) and learn its "
+       "address for the log",
+       {}},
       {"setsockopt",
-       "uv_tcp_nodelay: SPICE messages are latency-bound (TCP_NODELAY)",
+       "TCP_NODELAY on an accepted TCP client: SPICE messages are latency-bound",
        {argEquals(1, IPPROTO_TCP), argEquals(2, TCP_NODELAY)}},
   };
   profile.allow.insert(profile.allow.end(), clientRules.begin(), clientRules.end());
@@ -72,15 +67,6 @@ sandbox::Profile sandboxProfile(std::vector<int> keepFds) {
   };
   profile.allow.insert(profile.allow.end(), serverRules.begin(), serverRules.end());
 
-  // Not allowed, but not fatal either: the first libuv stream on a loop (uv_tcp_init,
-  // uv_pipe_init) opens "/dev/null", then "/", read-only as a spare descriptor for its EMFILE
-  // trick, and carries on without one when both fail. Exactly those flags fail with EACCES, so
-  // nothing is ever opened; any other open still kills the process.
-  profile.allow.push_back(
-      {"openat",
-       "libuv's EMFILE reserve (uv__stream_init): refused with EACCES, never run",
-       {argEquals(2, O_RDONLY | O_CLOEXEC)},
-       EACCES});
   return profile;
 }
 
