@@ -258,13 +258,16 @@ void Broker::sendNetproxySegment() {
   netproxy_->send(message, fds);
 }
 
-void Broker::forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
+bool Broker::forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
                            const RendererBatchDone& done) {
+  bool reads = false;  // whether the netproxy reads the segment for what is sent here
   if (segmentAfter != shownSegment_) {
     // A new primary (the renderer has drawn this batch into it: clients get the whole picture),
     // or none.
     shownSegment_ = segmentAfter;
     sendNetproxySegment();
+    fullFrameNext_ = false;
+    reads = shownSegment_ != nullptr;
   } else if (shownSegment_ && !listeners_.empty() && fullFrameNext_) {
     const RendererRect whole{0, 0, static_cast<int32_t>(shownSegment_->layout.height),
                              static_cast<int32_t>(shownSegment_->layout.width)};
@@ -272,11 +275,13 @@ void Broker::forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
     buildFrame(message, shownSegment_->layout.generation, std::span(&whole, 1), {});
     if (netproxy_->send(message))
       fullFrameNext_ = false;
+    reads = true;
   } else if (shownSegment_ && !listeners_.empty() &&
              (!done.damage.empty() || !done.hints.empty())) {
     capnp::MallocMessageBuilder message;
     buildFrame(message, shownSegment_->layout.generation, done.damage, done.hints);
     netproxy_->send(message);
+    reads = true;
   }
   if (done.cursor) {
     cursor_ = done.cursor;
@@ -290,10 +295,13 @@ void Broker::forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
       netproxy_->send(message);
     }
   }
+  return reads;
 }
 
-void Broker::gateOutput(uint64_t seq) {
-  if (listeners_.empty() || netproxy_->state() != ChildState::Ready) {
+void Broker::gateOutput(uint64_t seq, bool netproxyReads) {
+  // Nothing of this batch to read: every earlier read ended before the renderer drew it (each
+  // batch that gave the netproxy something waited for its sync).
+  if (!netproxyReads || listeners_.empty() || netproxy_->state() != ChildState::Ready) {
     sendOutputTaken(seq);
     return;
   }
@@ -479,8 +487,9 @@ ipc::Channel::Verdict Broker::onRendererMessage(const BoundaryMessage& message) 
       plan != plans_.end() ? plan->second.primaryAfter : std::nullopt;
   if (auto refusal = checkOutput(done, primary))
     return refusal;
-  forwardOutput(plan != plans_.end() ? plan->second.segmentAfter : nullptr, done);
-  gateOutput(done.seq);
+  const bool reads =
+      forwardOutput(plan != plans_.end() ? plan->second.segmentAfter : nullptr, done);
+  gateOutput(done.seq, reads);
   plans_.erase(plans_.begin(), plans_.upper_bound(done.seq));
   inFlight_.pop_front();
   damageRects_ += done.damage.size();

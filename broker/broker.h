@@ -93,12 +93,13 @@ class Broker {
   ipc::Channel::Verdict onNetproxyMessage(const BoundaryMessage& message);
   // After a batchDone: what the netproxy's clients must see (a new segment, no display, or the
   // batch's damage and hints on the segment they have).
-  void forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
+  // Returns whether the netproxy reads the segment for what was sent.
+  bool forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
                      const RendererBatchDone& done);
   void sendNetproxySegment();
   // The renderer waits after each batchDone until outputTaken: sent at once when nobody reads
   // the segment, else once the netproxy answers a sync sent after that batch's output.
-  void gateOutput(uint64_t seq);
+  void gateOutput(uint64_t seq, bool netproxyReads);
   void sendOutputTaken(uint64_t seq);
   void onNetproxyStateChange();
   void onLinked();
