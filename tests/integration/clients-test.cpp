@@ -19,22 +19,11 @@
 #include "client/spice-client.h"
 #include "tests/integration/broker-process.h"
 #include "tests/oracle/png-image.h"
+#include "tests/support/require-ok.h"
 
 using namespace spicebox;
 using namespace std::chrono_literals;
 using client::Clock;
-
-// A step's error fails the test with what went wrong (REQUIRE_FALSE would print only "{?}").
-#define REQUIRE_OK(expr)  \
-  do {                    \
-    if (auto e_ = (expr)) \
-      FAIL(*e_);          \
-  } while (false)
-#define CHECK_OK(expr)    \
-  do {                    \
-    if (auto e_ = (expr)) \
-      FAIL_CHECK(*e_);    \
-  } while (false)
 
 namespace {
 

@@ -23,6 +23,7 @@
 
 #include "client/spice-client.h"
 #include "tests/integration/broker-process.h"
+#include "tests/support/require-ok.h"
 
 using namespace spicebox;
 using namespace std::chrono_literals;
@@ -30,18 +31,6 @@ using client::Bytes;
 using client::Clock;
 using client::Socket;
 using client::Writer;
-
-// A step's error fails the test with what went wrong (REQUIRE_FALSE would print only "{?}").
-#define REQUIRE_OK(expr)  \
-  do {                    \
-    if (auto e_ = (expr)) \
-      FAIL(*e_);          \
-  } while (false)
-#define CHECK_OK(expr)    \
-  do {                    \
-    if (auto e_ = (expr)) \
-      FAIL_CHECK(*e_);    \
-  } while (false)
 
 namespace {
 
