@@ -39,7 +39,10 @@ std::variant<std::shared_ptr<DisplaySegment>, std::string> createDisplaySegment(
     return fmt::format("primary of {}x{} pixels: no display segment is made above {}x{}", width,
                        height, max, max);
   const uint32_t stride = width * 4;
-  const uint64_t size = (uint64_t{stride} * height + PAGE_BYTES - 1) / PAGE_BYTES * PAGE_BYTES;
+  // Two buffers, each page-aligned: the renderer draws into one while a tear-free viewer reads the
+  // other (render.capnp DisplaySegment).
+  const uint64_t buffer = (uint64_t{stride} * height + PAGE_BYTES - 1) / PAGE_BYTES * PAGE_BYTES;
+  const uint64_t size = 2 * buffer;
   base::Fd fd(::memfd_create("spicebox-display", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd)
     return fmt::format("memfd_create of a display segment failed: {}", std::strerror(errno));
@@ -60,7 +63,7 @@ std::variant<std::shared_ptr<DisplaySegment>, std::string> createDisplaySegment(
   auto segment = std::make_shared<DisplaySegment>();
   segment->fd = std::move(fd);
   segment->readOnly = std::move(readOnly);
-  segment->layout = DisplaySegmentLayout{generation, size, stride, width, height};
+  segment->layout = DisplaySegmentLayout{generation, size, stride, width, height, buffer};
   return segment;
 }
 
@@ -253,7 +256,7 @@ void Broker::sendNetproxySegment() {
     netproxy_->send(message);
     return;
   }
-  buildNetproxySegment(message, shownSegment_->layout);
+  buildNetproxySegment(message, shownSegment_->layout, shownBuffer_);
   const int fds[] = {shownSegment_->readOnly.get()};
   netproxy_->send(message, fds);
 }
@@ -261,6 +264,7 @@ void Broker::sendNetproxySegment() {
 bool Broker::forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
                            const RendererBatchDone& done) {
   bool reads = false;  // whether the netproxy reads the segment for what is sent here
+  shownBuffer_ = segmentAfter ? done.buffer : 0;
   if (segmentAfter != shownSegment_) {
     // A new primary (the renderer has drawn this batch into it: clients get the whole picture),
     // or none.
@@ -272,14 +276,14 @@ bool Broker::forwardOutput(const std::shared_ptr<DisplaySegment>& segmentAfter,
     const RendererRect whole{0, 0, static_cast<int32_t>(shownSegment_->layout.height),
                              static_cast<int32_t>(shownSegment_->layout.width)};
     capnp::MallocMessageBuilder message;
-    buildFrame(message, shownSegment_->layout.generation, std::span(&whole, 1), {});
+    buildFrame(message, shownSegment_->layout.generation, shownBuffer_, std::span(&whole, 1), {});
     if (netproxy_->send(message))
       fullFrameNext_ = false;
     reads = true;
   } else if (shownSegment_ && !listeners_.empty() &&
              (!done.damage.empty() || !done.hints.empty())) {
     capnp::MallocMessageBuilder message;
-    buildFrame(message, shownSegment_->layout.generation, done.damage, done.hints);
+    buildFrame(message, shownSegment_->layout.generation, shownBuffer_, done.damage, done.hints);
     netproxy_->send(message);
     reads = true;
   }
@@ -487,6 +491,9 @@ ipc::Channel::Verdict Broker::onRendererMessage(const BoundaryMessage& message) 
       plan != plans_.end() ? plan->second.primaryAfter : std::nullopt;
   if (auto refusal = checkOutput(done, primary))
     return refusal;
+  if (plan != plans_.end() && plan->second.segmentAfter && done.buffer == 1 &&
+      plan->second.segmentAfter->layout.backOffset == 0)
+    return fmt::format("batchDone {} names buffer 1 of a segment that has one buffer", done.seq);
   const bool reads =
       forwardOutput(plan != plans_.end() ? plan->second.segmentAfter : nullptr, done);
   gateOutput(done.seq, reads);
@@ -554,8 +561,10 @@ void Broker::reportStatus() {
                           segment_->layout.width, segment_->layout.height,
                           segment_->layout.generation, damageRects_, hints_);
   if (!listeners_.empty())
-    status += fmt::format("; clients {} ({} connections, {} refused), {} inputs", clients_.sessions,
-                          clients_.connections, clients_.refused, inputs_);
+    status += fmt::format(
+        "; clients {} ({} connections, {} refused, {} shared-memory, {} tear-free), {} inputs",
+        clients_.sessions, clients_.connections, clients_.refused, clients_.shm, clients_.tearFree,
+        inputs_);
   if (status == lastStatus_)
     return;
   lastStatus_ = status;

@@ -145,6 +145,7 @@ class Broker {
   // renderer has finished a batch on it), the pointer, and what the netproxy reports.
   std::vector<ListeningSocket> listeners_;
   std::shared_ptr<DisplaySegment> shownSegment_;
+  uint8_t shownBuffer_ = 0;  // the buffer of shownSegment_ holding the picture (last batchDone)
   std::optional<RendererCursor> cursor_;
   uint64_t rendererIncarnation_ = 0;  // renderer processes that reported ready
   NetproxyClients clients_;

@@ -13,6 +13,9 @@
 
 #include <spdlog/fmt/fmt.h>
 
+#include "ipc/display.capnp.h"
+
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdint>
@@ -21,6 +24,9 @@
 namespace spicebox::broker {
 
 namespace {
+
+// What getuid() and SO_PEERCRED report for a uid with no mapping in the current user namespace.
+constexpr uint32_t OVERFLOW_UID = 65534;
 
 // Pending connections the kernel queues before the netproxy accepts them.
 constexpr int LISTEN_BACKLOG = 64;
@@ -99,6 +105,34 @@ std::variant<ListeningSocket, std::string> listenTcp(const std::string& spec) {
       "--listen {}: cannot listen there ({}); is the port in use, or the address "
       "not one of this machine's?",
       spec, lastError);
+}
+
+std::variant<std::vector<uint32_t>, std::string> resolveShmUsers(
+    const std::vector<std::string>& users, uint32_t ownUid) {
+  if (users.empty())
+    return std::vector<uint32_t>{ownUid};
+  if (users.size() > ipc::display::MAX_SHM_UIDS)
+    return fmt::format("--shm-allow given {} times; at most {} users", users.size(),
+                       ipc::display::MAX_SHM_UIDS);
+  std::vector<uint32_t> uids;
+  for (const std::string& user : users) {
+    uint32_t uid = 0;
+    if (auto id = parseId(user)) {
+      uid = *id;
+    } else if (const passwd* pw = ::getpwnam(user.c_str())) {
+      uid = pw->pw_uid;
+    } else {
+      return fmt::format("--shm-allow {}: no such user", user);
+    }
+    if (uid == OVERFLOW_UID)
+      return fmt::format(
+          "--shm-allow {}: uid {} is the overflow uid, which every unmapped user shows as "
+          "inside the netproxy's user namespace; allow a real account",
+          user, uid);
+    if (std::find(uids.begin(), uids.end(), uid) == uids.end())
+      uids.push_back(uid);
+  }
+  return uids;
 }
 
 std::variant<ListeningSocket, std::string> listenUnix(const UnixSocketOptions& options) {

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "base/fd.h"
 
@@ -35,6 +36,13 @@ struct UnixSocketOptions {
   std::string group;  // empty: the broker's gid
 };
 std::variant<ListeningSocket, std::string> listenUnix(const UnixSocketOptions& options);
+
+// --shm-allow USER (repeatable; names or numeric uids): the peers of unix-socket connections
+// offered the shared-memory display. Empty `users`: the broker's own uid only. The overflow uid
+// (65534, "nobody": what SO_PEERCRED reports inside a user namespace for any unmapped uid) is
+// refused, as is more than display.capnp maxShmUids entries.
+std::variant<std::vector<uint32_t>, std::string> resolveShmUsers(
+    const std::vector<std::string>& users, uint32_t ownUid);
 
 // Longest SPICE password (spice/protocol.h SPICE_MAX_PASSWORD_LENGTH, the NUL excluded).
 inline constexpr size_t MAX_PASSWORD_BYTES = 60;

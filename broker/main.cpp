@@ -102,6 +102,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"client", "server"}))
       ->capture_default_str();
 
+  std::vector<std::string> shmAllow;
+  bool noShm = false;
+  spice->add_option("--shm-allow", shmAllow,
+                    "A user (name or uid) whose viewers on the --unix socket are offered the "
+                    "shared-memory display; may be repeated (default: the broker's own user)");
+  spice->add_flag("--no-shm", noShm, "Offer the shared-memory display to nobody");
+
   auto* tuning = app.add_option_group("Supervision", "How children are kept alive (milliseconds)");
   tuning->add_option("--heartbeat-interval", heartbeatInterval, "Between heartbeats")
       ->check(CLI::Range(10L, 60000L))
@@ -155,6 +162,22 @@ int main(int argc, char** argv) {
     spdlog::warn(
         "--password-file / --disable-ticketing without --listen or --unix: no client "
         "can connect anyway");
+  }
+  if (noShm && !shmAllow.empty()) {
+    spdlog::error("--no-shm and --shm-allow contradict each other: give one of them");
+    return 2;
+  }
+  if (!noShm) {
+    auto uids = broker::resolveShmUsers(shmAllow, ::getuid());
+    if (auto* error = std::get_if<std::string>(&uids)) {
+      spdlog::error("{}", *error);
+      return 2;
+    }
+    config.clients.shmUids = std::get<std::vector<uint32_t>>(uids);
+    if (!shmAllow.empty() && unixPath.empty())
+      spdlog::warn(
+          "--shm-allow without --unix: the shared-memory display is offered on unix "
+          "sockets only, so nobody gets it");
   }
   if (!unixPath.empty()) {
     broker::UnixSocketOptions unix;

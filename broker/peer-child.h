@@ -58,6 +58,7 @@ struct RendererBatchDone {
   std::vector<RendererRect> damage;      // render.capnp BatchDone.damage, in primary coordinates
   std::vector<RendererHint> hints;       // BatchDone.hints, in draw order
   std::optional<RendererCursor> cursor;  // BatchDone.cursor, when the batch changed the pointer
+  uint8_t buffer = 0;  // BatchDone.buffer: 0 or 1 (checked against the segment by the owner)
 };
 
 // display.capnp NetproxyToBroker.input, checked against vmm.capnp InputEvent's ranges.
@@ -85,6 +86,7 @@ using NetproxyInput =
 struct NetproxyClients {
   uint32_t sessions = 0, connections = 0;
   uint64_t refused = 0;
+  uint32_t shm = 0, tearFree = 0;  // display channels in shared-memory (tear-free) mode
 };
 
 // display.capnp synced: the netproxy took in everything before the `sync` of this value.

@@ -44,7 +44,8 @@ class NetproxyPeer : public HeartbeatPeer<BrokerToNetproxy, NetproxyToBroker, PR
       }
       case NetproxyToBroker::CLIENTS: {
         auto c = root.getClients();
-        d.boundary = NetproxyClients{c.getSessions(), c.getConnections(), c.getRefused()};
+        d.boundary = NetproxyClients{c.getSessions(), c.getConnections(), c.getRefused(),
+                                     c.getShm(), c.getTearFree()};
         break;
       }
       case NetproxyToBroker::SYNCED:
@@ -138,6 +139,9 @@ void buildConfigure(capnp::MessageBuilder& message, const NetproxySettings& sett
     c.setDisableTicketing();
   c.setPasswordExpiresAt(settings.passwordExpiresAt);
   c.setMaxClients(settings.maxClients);
+  auto uids = c.initShmUids(static_cast<unsigned>(settings.shmUids.size()));
+  for (unsigned i = 0; i < uids.size(); ++i)
+    uids.set(i, settings.shmUids[i]);
   switch (settings.imageCompression) {
     case ImageCompression::AutoLz:
       c.setImageCompression(ipc::display::ImageCompression::AUTO_LZ);
@@ -156,8 +160,11 @@ void buildConfigure(capnp::MessageBuilder& message, const NetproxySettings& sett
                                                          : ipc::display::MouseMode::SERVER);
 }
 
-void buildNetproxySegment(capnp::MessageBuilder& message, const DisplaySegmentLayout& layout) {
-  fillDisplaySegment(message.initRoot<BrokerToNetproxy>().initDisplaySegment(), layout);
+void buildNetproxySegment(capnp::MessageBuilder& message, const DisplaySegmentLayout& layout,
+                          uint8_t buffer) {
+  auto shown = message.initRoot<BrokerToNetproxy>().initDisplaySegment();
+  fillDisplaySegment(shown.initSegment(), layout);
+  shown.setBuffer(buffer);
 }
 
 void buildNoDisplay(capnp::MessageBuilder& message) {
@@ -173,10 +180,11 @@ void setRect(ipc::render::Rect::Builder out, const RendererRect& r) {
 }
 }  // namespace
 
-void buildFrame(capnp::MessageBuilder& message, uint64_t generation,
+void buildFrame(capnp::MessageBuilder& message, uint64_t generation, uint8_t buffer,
                 std::span<const RendererRect> damage, std::span<const RendererHint> hints) {
   auto f = message.initRoot<BrokerToNetproxy>().initFrame();
   f.setGeneration(generation);
+  f.setBuffer(buffer);
   auto d = f.initDamage(static_cast<unsigned>(damage.size()));
   for (unsigned i = 0; i < d.size(); ++i)
     setRect(d[i], damage[i]);

@@ -34,13 +34,15 @@ struct NetproxySettings {
   uint32_t maxClients = 4;
   ImageCompression imageCompression = ImageCompression::AutoLz;
   MouseMode mouseMode = MouseMode::Client;
+  std::vector<uint32_t> shmUids;  // peers offered the shared-memory display (empty: nobody)
 };
 
 void buildConfigure(capnp::MessageBuilder& message, const NetproxySettings& settings);
 // The segment's descriptor (read-only) is attached by the caller.
-void buildNetproxySegment(capnp::MessageBuilder& message, const DisplaySegmentLayout& layout);
+void buildNetproxySegment(capnp::MessageBuilder& message, const DisplaySegmentLayout& layout,
+                          uint8_t buffer);
 void buildNoDisplay(capnp::MessageBuilder& message);
-void buildFrame(capnp::MessageBuilder& message, uint64_t generation,
+void buildFrame(capnp::MessageBuilder& message, uint64_t generation, uint8_t buffer,
                 std::span<const RendererRect> damage, std::span<const RendererHint> hints);
 void buildCursor(capnp::MessageBuilder& message, const RendererCursor& cursor);
 void buildSync(capnp::MessageBuilder& message, uint64_t seq);

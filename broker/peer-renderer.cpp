@@ -37,6 +37,12 @@ class RendererPeer : public HeartbeatPeer<BrokerToRenderer, RendererToBroker, PR
     RendererBatchDone decoded;
     decoded.seq = done.getSeq();
     decoded.rejected = done.getRejected();
+    if (done.getBuffer() > 1) {
+      d.refusal = fmt::format("batchDone {} names buffer {}; a segment has buffers 0 and 1",
+                              decoded.seq, done.getBuffer());
+      return d;
+    }
+    decoded.buffer = done.getBuffer();
     if (auto refusal = decodeOutput(done, decoded)) {
       d.refusal = std::move(*refusal);
       return d;
@@ -244,6 +250,7 @@ void fillDisplaySegment(ipc::render::DisplaySegment::Builder s,
   s.setStride(layout.stride);
   s.setWidth(layout.width);
   s.setHeight(layout.height);
+  s.setBackOffset(layout.backOffset);
 }
 
 std::optional<std::string> checkOutput(const RendererBatchDone& done,

@@ -37,6 +37,7 @@ struct DisplaySegmentLayout {
   uint64_t generation = 0;
   uint64_t size = 0;  // bytes of the memfd
   uint32_t stride = 0, width = 0, height = 0;
+  uint64_t backOffset = 0;  // buffer 1's top row (buffer 0's is 0); 0: one buffer
 };
 void buildDisplaySegment(capnp::MessageBuilder& message, const DisplaySegmentLayout& layout);
 // The same record inside another message (display.capnp uses render.capnp's DisplaySegment).

@@ -16,7 +16,7 @@ using Common = import "common.capnp";
 using Render = import "render.capnp";
 using Vmm = import "vmm.capnp";
 
-const protocolVersion :UInt32 = 3;
+const protocolVersion :UInt32 = 4;
 
 # Most listening sockets one `configure` carries (one descriptor each, ipc::MAX_FDS_PER_MESSAGE).
 const maxListeners :UInt32 = 4;
@@ -58,6 +58,18 @@ struct Configure {
   maxClients @4 :UInt32;            # sessions (main channels) at once, 1 .. 1024
   imageCompression @5 :ImageCompression;
   mouseMode @6 :MouseMode;          # the initial mode; a client may ask for the other
+  shmUids @7 :List(UInt32);         # peers (SO_PEERCRED uid) of unix-socket connections offered
+                                    # the shared-memory display (SHM_OFFER); 0 .. maxShmUids;
+                                    # empty: offered to nobody
+}
+
+const maxShmUids :UInt32 = 16;
+
+# The display: a segment (render.capnp DisplaySegment, one read-only descriptor attached) and
+# which of its buffers holds the picture now.
+struct ShownSegment {
+  segment @0 :Render.DisplaySegment;
+  buffer @1 :UInt8;                 # 0 or 1 (1 only when segment.backOffset != 0)
 }
 
 # A rendered batch's output for the display of segment `generation` (render.capnp BatchDone's
@@ -66,6 +78,7 @@ struct Frame {
   generation @0 :UInt64;            # the segment it applies to; a frame for another is ignored
   damage @1 :List(Render.Rect);     # 0 .. Render.maxDamageRects
   hints @2 :List(Render.Hint);      # 0 .. Render.maxHints
+  buffer @3 :UInt8;                 # the segment's buffer holding the picture after this frame
 }
 
 # What clients are connected (for the broker's status line). Counts only; the broker trusts none
@@ -74,6 +87,8 @@ struct Clients {
   sessions @0 :UInt32;              # linked main channels
   connections @1 :UInt32;           # open sockets, linked or not
   refused @2 :UInt64;               # connections ended by the netproxy since it started
+  shm @3 :UInt32;                   # display channels in shared-memory mode
+  tearFree @4 :UInt32;              # of those, tear-free ones
 }
 
 # Broker -> netproxy.
@@ -82,13 +97,15 @@ struct BrokerToNetproxy {
     hello @0 :Common.Hello;                   # first message; no descriptors
     ping @1 :Common.Heartbeat;                # no descriptors
     configure @2 :Configure;                  # once, after hello; one descriptor per listener
-    displaySegment @3 :Render.DisplaySegment; # a new primary: one descriptor, read-only (O_RDONLY)
+    displaySegment @3 :ShownSegment;          # a new primary: one descriptor, read-only (O_RDONLY)
     noDisplay @4 :Void;                       # the primary is gone; no descriptors
     frame @5 :Frame;                          # no descriptors
     cursor @6 :Render.Cursor;                 # no descriptors; checked by the broker
     sync @7 :UInt64;                          # answer `synced` with this value once everything
                                               # sent before has been taken in (the segment's
-                                              # pixels copied): the renderer waits for it
+                                              # pixels copied) and every tear-free viewer has
+                                              # acknowledged the last frame (or timed out): the
+                                              # renderer waits for it
   }
 }
 

@@ -14,7 +14,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("spicebox::ipc::render");
 using Common = import "common.capnp";
 
-const protocolVersion :UInt32 = 5;
+const protocolVersion :UInt32 = 6;
 
 # Output bounds of one batchDone (the broker refuses more, and kills the renderer).
 const maxDamageRects :UInt32 = 64;   # damage rectangles; more are merged into their bounding box
@@ -95,17 +95,27 @@ struct UpdateArea {
 
 # The memory a primary surface is drawn into, one descriptor attached: a memfd the broker created
 # (sealed against shrinking, growing and further sealing) that it keeps and later hands read-only
-# to the netproxy. The renderer maps it MAP_SHARED read-write and refuses (exits) when the
-# descriptor is smaller than `size` or the dimensions are out of range. The next createPrimary
-# whose width and height equal the segment's is drawn into it (32 bpp x8r8g8b8; for a non-32 bpp
-# primary the 32 bpp shadow); a createPrimary of other dimensions is not created.
+# to the netproxy (and, through it, to local shared-memory viewers). The renderer maps it
+# MAP_SHARED read-write and refuses (exits) when the descriptor is smaller than `size` or the
+# dimensions are out of range. The next createPrimary whose width and height equal the segment's
+# is drawn into it (32 bpp x8r8g8b8; for a non-32 bpp primary the 32 bpp shadow); a createPrimary
+# of other dimensions is not created.
+#
+# Two buffers (backOffset != 0): the picture alternates between them. A batch whose output was
+# reported (BatchDone damage or hints) leaves its buffer "presented": before drawing the next
+# batch the renderer copies that output's rectangles into the other buffer and draws there, so
+# a reader of the presented buffer (a tear-free viewer, until it acknowledges the next frame)
+# never sees it change. BatchDone.buffer names the buffer holding the picture.
 struct DisplaySegment {
   generation @0 :UInt64;     # broker's id of the segment, increasing per broker run
-  size @1 :UInt64;           # bytes of the descriptor: >= offset + stride * height, multiple of 4096
-  offset @2 :UInt64;         # bytes from the start to the top row; 0 today
+  size @1 :UInt64;           # bytes of the descriptor: >= offset + stride * height (and
+                             # backOffset + stride * height), multiple of 4096
+  offset @2 :UInt64;         # bytes from the start to the top row of buffer 0; 0 today
   stride @3 :UInt32;         # bytes per row: width * 4 (top row first)
   width @4 :UInt32;          # pixels, 1 .. maxDisplayDimension
   height @5 :UInt32;         # pixels, 1 .. maxDisplayDimension
+  backOffset @6 :UInt64;     # top row of buffer 1, at or after offset + stride * height;
+                             # 0: one buffer only (no flipping)
 }
 
 # One unit of work, mirroring qxl::WorkItem (broker/qxl/device.h), in guest order.
@@ -170,6 +180,8 @@ struct BatchDone {
   hints @3 :List(Hint);              # 0 .. maxHints, in draw order
   cursor @4 :Cursor;                 # the pointer after the batch; set only when it differs from
                                      # the last one reported (else null)
+  buffer @5 :UInt8;                  # the segment's buffer holding the picture after the batch:
+                                     # 0 (offset) or 1 (backOffset); 0 without a primary
 }
 
 # Largest cursor shape the renderer reports (pixels per side): what SPICE clients draw (they take

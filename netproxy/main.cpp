@@ -53,13 +53,14 @@ class NetproxyLink
       case BrokerToNetproxy::DISPLAY_SEGMENT: {
         if (!configured_)
           return std::string("a display segment before configure");
-        auto s = root.getDisplaySegment();
-        DisplayLayout layout{s.getGeneration(), s.getSize(),  s.getOffset(),
-                             s.getStride(),     s.getWidth(), s.getHeight()};
+        auto shown = root.getDisplaySegment();
+        auto s = shown.getSegment();
+        DisplayLayout layout{s.getGeneration(), s.getSize(),   s.getOffset(),    s.getStride(),
+                             s.getWidth(),      s.getHeight(), s.getBackOffset()};
         base::Fd fd = fds.take(0);
         if (!fd)
           return std::string("a display segment without its descriptor");
-        if (auto error = server_.setDisplay(std::move(fd), layout))
+        if (auto error = server_.setDisplay(std::move(fd), layout, shown.getBuffer()))
           return "display segment refused: " + *error;  // a broker bug: it restarts us
         return std::nullopt;
       }
@@ -83,7 +84,7 @@ class NetproxyLink
             hints.emplace_back(CopyBits{c.getSrcX(), c.getSrcY(), toRect(c.getDest())});
           }
         }
-        server_.frame(f.getGeneration(), hints, damage);
+        server_.frame(f.getGeneration(), f.getBuffer(), hints, damage);
         return std::nullopt;
       }
       case BrokerToNetproxy::CURSOR: {
@@ -109,10 +110,13 @@ class NetproxyLink
       }
       case BrokerToNetproxy::SYNC: {
         // Everything before it was handled synchronously (the segment's pixels it needed are
-        // copied): the renderer may draw again.
-        capnp::MallocMessageBuilder reply;
-        reply.initRoot<NetproxyToBroker>().setSynced(root.getSync());
-        channel().send(reply);
+        // copied); the renderer may draw again once tear-free viewers let go of the buffer it
+        // will draw into (at once when there are none).
+        server_.sync([this, seq = root.getSync()] {
+          capnp::MallocMessageBuilder reply;
+          reply.initRoot<NetproxyToBroker>().setSynced(seq);
+          channel().send(reply);
+        });
         return std::nullopt;
       }
       default:
@@ -147,6 +151,11 @@ class NetproxyLink
     settings.imageCompression = toCompression(c.getImageCompression());
     settings.mouseMode =
         c.getMouseMode() == ipc::display::MouseMode::SERVER ? MouseMode::Server : MouseMode::Client;
+    if (c.getShmUids().size() > ipc::display::MAX_SHM_UIDS)
+      return "configure with " + std::to_string(c.getShmUids().size()) +
+             " shared-memory users, at most " + std::to_string(ipc::display::MAX_SHM_UIDS);
+    for (uint32_t uid : c.getShmUids())
+      settings.shmUids.push_back(uid);
     if (auto error = server_.configure(std::move(settings), std::move(listeners)))
       return "configuration refused: " + *error;
     configured_ = true;
@@ -188,6 +197,8 @@ class NetproxyLink
     out.setSessions(counts.sessions);
     out.setConnections(counts.connections);
     out.setRefused(counts.refused);
+    out.setShm(counts.shm);
+    out.setTearFree(counts.tearFree);
     channel().send(message);
   }
 

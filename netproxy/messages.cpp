@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "base/assert.h"
+#include "base/shm-protocol.h"
 #include "netproxy/wire.h"
 
 namespace spicebox::netproxy {
@@ -36,7 +37,8 @@ bool knownOn(ChannelKind channel, uint16_t type) {
              type == SPICE_MSGC_MAIN_MOUSE_MODE_REQUEST || type == SPICE_MSGC_MAIN_AGENT_START ||
              type == SPICE_MSGC_MAIN_AGENT_DATA || type == SPICE_MSGC_MAIN_AGENT_TOKEN;
     case ChannelKind::Display:
-      return type == SPICE_MSGC_DISPLAY_INIT || type == SPICE_MSGC_DISPLAY_PREFERRED_COMPRESSION;
+      return type == SPICE_MSGC_DISPLAY_INIT || type == SPICE_MSGC_DISPLAY_PREFERRED_COMPRESSION ||
+             type == shm::MSGC_SHM_REPLY || type == shm::MSGC_SHM_DAMAGE_HANDLED;
     case ChannelKind::Inputs:
       return type == SPICE_MSGC_INPUTS_KEY_DOWN || type == SPICE_MSGC_INPUTS_KEY_UP ||
              type == SPICE_MSGC_INPUTS_KEY_MODIFIERS || type == SPICE_MSGC_INPUTS_MOUSE_MOTION ||
@@ -107,6 +109,22 @@ std::variant<ClientMessage, MessageFault> parseDisplay(uint16_t type, wire::Read
     }
     case SPICE_MSGC_DISPLAY_PREFERRED_COMPRESSION: {
       PreferredCompression m{r.u8()};
+      return checked(r, m);
+    }
+    case shm::MSGC_SHM_REPLY: {
+      ShmReply m;
+      m.segmentId = r.u32();
+      const uint32_t accepted = r.u32();
+      m.flags = r.u32();
+      if (!r.ok())
+        return MessageFault::Truncated;
+      if (accepted > 1 || (m.flags & ~shm::REPLY_TEAR_FREE) != 0)
+        return MessageFault::BadValue;
+      m.accepted = accepted == 1;
+      return ClientMessage{m};
+    }
+    case shm::MSGC_SHM_DAMAGE_HANDLED: {
+      DamageHandled m{r.u64()};
       return checked(r, m);
     }
   }
@@ -362,6 +380,28 @@ OutMessage buildSurfaceCreate(uint32_t width, uint32_t height) {
   wire::Writer w;
   w.u32(0).u32(width).u32(height).u32(SPICE_SURFACE_FMT_32_xRGB).u32(SPICE_SURFACE_FLAGS_PRIMARY);
   return make(SPICE_MSG_DISPLAY_SURFACE_CREATE, w);
+}
+
+OutMessage buildShmOffer(uint32_t segmentId, uint64_t size, uint32_t flags) {
+  wire::Writer w;
+  w.u32(segmentId).u64(size).u32(flags);
+  return make(shm::MSG_SHM_OFFER, w);
+}
+
+OutMessage buildSurfaceCreateShm(uint32_t width, uint32_t height, uint32_t segmentId,
+                                 uint64_t offset, uint32_t stride) {
+  wire::Writer w;
+  w.u32(0).u32(width).u32(height).u32(SPICE_SURFACE_FMT_32_xRGB).u32(SPICE_SURFACE_FLAGS_PRIMARY);
+  w.u32(segmentId).u64(offset).u32(stride);
+  return make(shm::MSG_SURFACE_CREATE_SHM, w);
+}
+
+OutMessage buildShmDamage(uint64_t offset, uint64_t frame, std::span<const Rect> rects) {
+  wire::Writer w;
+  w.u32(0).u64(offset).u64(frame).u32(static_cast<uint32_t>(rects.size()));
+  for (const Rect& r : rects)
+    w.i32(r.top).i32(r.left).i32(r.bottom).i32(r.right);
+  return make(shm::MSG_SHM_DAMAGE, w);
 }
 
 OutMessage buildSurfaceDestroy() {

@@ -59,9 +59,20 @@ struct PreferredCompression {
 struct KeyModifiers {
   uint16_t modifiers = 0;
 };
-using ClientMessage = std::variant<AckSync, Ack, Pong, ClientDisconnecting, AttachChannels,
-                                   MouseModeRequest, AgentStart, AgentData, AgentToken, DisplayInit,
-                                   PreferredCompression, KeyModifiers, InputEvent>;
+// The shared-memory extension (base/shm-protocol.h): the answer to SHM_OFFER, and a tear-free
+// client's acknowledgement of a SHM_DAMAGE.
+struct ShmReply {
+  uint32_t segmentId = 0;
+  bool accepted = false;  // the field is 0 or 1 (checked)
+  uint32_t flags = 0;     // only shm::REPLY_TEAR_FREE may be set (checked)
+};
+struct DamageHandled {
+  uint64_t frame = 0;
+};
+using ClientMessage =
+    std::variant<AckSync, Ack, Pong, ClientDisconnecting, AttachChannels, MouseModeRequest,
+                 AgentStart, AgentData, AgentToken, DisplayInit, PreferredCompression, KeyModifiers,
+                 InputEvent, ShmReply, DamageHandled>;
 
 enum class MessageFault {
   UnknownType,   // no such client message on this channel (or one spicebox does not take)
@@ -127,6 +138,14 @@ constexpr size_t MAX_INVAL_IDS = 65535;
 OutMessage buildInvalList(std::span<const uint64_t> pixmapIds);
 // INVAL_ALL_PIXMAPS with no channel to wait for (spicebox has one display channel per client).
 OutMessage buildInvalAllPixmaps();
+
+// The shared-memory extension (layouts in base/shm-protocol.h and docs/protocol.md). The offer's
+// descriptor is attached by the server when it writes the message.
+OutMessage buildShmOffer(uint32_t segmentId, uint64_t size, uint32_t flags);
+OutMessage buildSurfaceCreateShm(uint32_t width, uint32_t height, uint32_t segmentId,
+                                 uint64_t offset, uint32_t stride);
+// 0 .. shm::MAX_DAMAGE_RECTS rects.
+OutMessage buildShmDamage(uint64_t offset, uint64_t frame, std::span<const Rect> rects);
 
 OutMessage buildCursorInit(const CursorState& cursor);
 OutMessage buildCursorSet(const CursorState& cursor);

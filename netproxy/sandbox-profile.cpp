@@ -38,7 +38,6 @@ sandbox::Profile sandboxProfile(std::vector<int> keepFds) {
   // socket, bind, listen or connect: the netproxy never makes a socket or reaches out. No libuv
   // stream (uv_tcp, uv_pipe), so none of what they need: no writev, shutdown, getsockname,
   // getpeername, fcntl(F_GETFL), and no open of /dev/null (uv__stream_init's EMFILE reserve).
-  // getsockopt(SO_PEERCRED) comes back with the shared-memory extension for local viewers.
   const std::vector<sandbox::SyscallRule> clientRules = {
       {"accept4",
        "accept a client on an inherited listening socket (non-blocking, cloexec) and learn its "
@@ -47,6 +46,10 @@ sandbox::Profile sandboxProfile(std::vector<int> keepFds) {
       {"setsockopt",
        "TCP_NODELAY on an accepted TCP client: SPICE messages are latency-bound",
        {argEquals(1, IPPROTO_TCP), argEquals(2, TCP_NODELAY)}},
+      {"getsockopt",
+       "SO_PEERCRED of a client accepted on a unix socket: only the allowed users' viewers are "
+       "offered the shared-memory display (descriptors go out with sendmsg SCM_RIGHTS)",
+       {argEquals(1, SOL_SOCKET), argEquals(2, SO_PEERCRED)}},
   };
   profile.allow.insert(profile.allow.end(), clientRules.begin(), clientRules.end());
 

@@ -407,7 +407,7 @@ TEST_CASE("after a new display and a frame, a new client sees the new pixels",
       second.setPixel(x, y, 0x00123456);
   const std::vector<Hint> hints = {SolidFill{0x00123456, {Rect{10, 5, 30, 50}}}};
   const std::vector<Rect> damage = {Rect{10, 5, 30, 50}};
-  h.server->frame(2, hints, damage);
+  h.server->frame(2, 0, hints, damage);
   const std::string out = h.dir.path + "/frame.ppm";
   REQUIRE(h.screenshot(h.tcpArgs(out)) == 0);
   auto ppm = readPpm(out);
@@ -820,7 +820,7 @@ TEST_CASE("a frame reaches a display client as fill, copy-bits and draw-copy, in
   drawFrame(seg, 0);
   auto hints = frameHints(0, 200);
   auto damage = frameDamage(0);
-  h.server->frame(1, hints, damage);
+  h.server->frame(1, 0, hints, damage);
   for (DisplayClient* c : {&a, &b}) {
     auto m1 = c->display.next();
     CHECK(m1.type == SPICE_MSG_DISPLAY_COPY_BITS);
@@ -833,7 +833,7 @@ TEST_CASE("a frame reaches a display client as fill, copy-bits and draw-copy, in
     CHECK(c->canvas.differences(seg) == 0);
   }
   // A frame for another display generation is ignored.
-  h.server->frame(2, hints, damage);
+  h.server->frame(2, 0, hints, damage);
   h.loop.spin();
   CHECK(a.display.available() == 0);
   CHECK(h.server->counts() == ClientCounts{2, 4, 0});
@@ -864,7 +864,7 @@ TEST_CASE("clients get the picture as of the last frame, never pixels drawn sinc
   // The frame: now the drawing is the client's.
   auto hints = frameHints(0, 200);
   auto damage = frameDamage(0);
-  h.server->frame(1, hints, damage);
+  h.server->frame(1, 0, hints, damage);
   for (int i = 0; i < 3; ++i)
     REQUIRE(late.canvas.apply(late.display.next()));
   CHECK(late.canvas.differences(seg) == 0);
@@ -916,7 +916,7 @@ TEST_CASE("hints and damage outside the display are clipped or redrawn, never re
       CopyBits{INT32_MAX - 2, 0, Rect{0, 0, 1, 5}},  // overflowing source: damage
   };
   const std::vector<Rect> damage = {Rect{-10, -10, 0, 0}, Rect{70, 90, 200, 200}};
-  h.server->frame(1, hints, damage);
+  h.server->frame(1, 0, hints, damage);
   h.loop.runUntil([&] {
     while (c.display.hasMessage())
       REQUIRE(c.canvas.apply(c.display.next()));
@@ -935,7 +935,7 @@ TEST_CASE("a client that stops ACKing gets pending damage, bounded, then catches
     drawFrame(seg, n);
     auto hints = frameHints(n, 256);
     auto damage = frameDamage(n);
-    h.server->frame(1, hints, damage);
+    h.server->frame(1, 0, hints, damage);
     // The fast client ACKs as spice-gtk does: every frame reaches it as its three messages.
     for (int i = 0; i < 3; ++i)
       REQUIRE(fast.canvas.apply(fast.display.next()));
@@ -980,7 +980,7 @@ void paint(Segment& seg, const Rect& r, uint32_t seed) {
 
 // Sends `damage` as a frame and applies what arrives until the client's picture is the segment.
 void drawAndFollow(Harness& h, DisplayClient& c, Segment& seg, std::vector<Rect> damage) {
-  h.server->frame(seg.layout.generation, {}, damage);
+  h.server->frame(seg.layout.generation, 0, {}, damage);
   h.loop.runUntil([&] {
     while (c.display.hasMessage())
       REQUIRE(c.canvas.apply(c.display.next()));
@@ -1444,7 +1444,7 @@ TEST_CASE("a client that ACKs but never reads does not grow the server, nor stal
   const std::vector<Rect> everything = {Rect{0, 0, 768, 1024}};
   for (int n = 0; n < 60; ++n) {
     seg.setPixel(static_cast<uint32_t>(n), 0, 0x00ffffff);
-    h.server->frame(1, {}, everything);
+    h.server->frame(1, 0, {}, everything);
     REQUIRE(fast.canvas.apply(fast.display.next()));  // the other client is served each frame
   }
   h.loop.spin();

@@ -56,6 +56,7 @@
 #include <deque>
 #include <map>
 
+#include "base/shm-protocol.h"
 #include "base/uv-handle.h"
 #include "netproxy/image-cache.h"
 #include "netproxy/image-encode.h"
@@ -95,6 +96,12 @@ constexpr uint32_t AGENT_TOKENS = 10;
 constexpr uint32_t MAX_DISPLAY_SIDE = 16384;
 // Cursor shapes larger than this are sent as "no shape" (the renderer sanitises to less).
 constexpr uint32_t MAX_CURSOR_SIDE = 512;
+// Shared memory: a client must answer SHM_OFFER within this (nothing else is drawn for it until
+// it does), and a tear-free client must acknowledge each SHM_DAMAGE within TEAR_FREE_ACK_MS (the
+// renderer waits for it; a client that does not loses tear-free mode, so a hung viewer costs the
+// display one pause, not a stall).
+constexpr uint64_t SHM_REPLY_DEADLINE_MS = 10000;
+constexpr uint64_t TEAR_FREE_ACK_MS = 1000;
 // Messages per read callback and accepts per listener callback: one busy client or a connect
 // flood cannot hold the loop.
 constexpr int MAX_READS_PER_CALLBACK = 64;
@@ -173,8 +180,13 @@ struct Conn {
   uint64_t pingSentAt = 0;
   uint64_t roundTripMs = 0;
 
-  // Output: framed messages; `frontSent` bytes of the first are written.
-  std::deque<std::vector<uint8_t>> out;
+  // Output: framed messages; `frontSent` bytes of the first are written. A message carrying a
+  // descriptor (SHM_OFFER) starts a sendmsg of its own, with SCM_RIGHTS on its first byte.
+  struct OutChunk {
+    std::vector<uint8_t> bytes;
+    std::shared_ptr<const base::Fd> fd;  // null: none, or already sent
+  };
+  std::deque<OutChunk> out;
   size_t frontSent = 0;
   size_t outBytes = 0;
 
@@ -192,6 +204,18 @@ struct Conn {
   std::vector<Rect> pending;
   bool displayInitSeen = false;
   ImageCache cache;  // off until DISPLAY_INIT announces a pixmap cache
+
+  // Shared memory (display channels from unix listeners): the peer's uid (SO_PEERCRED), what the
+  // client advertised, and where the offer stands.
+  bool unixPeer = false;
+  std::optional<uint32_t> peerUid;
+  bool shmCap = false, tearFreeCap = false;
+  enum class Shm { None, Offered, Declined, Active } shm = Shm::None;
+  uint32_t shmSegmentId = 0;  // the last segment offered to it (0: none)
+  uint64_t shmOfferedAt = 0;
+  bool tearFree = false;
+  uint64_t shmFrame = 0;     // the last SHM_DAMAGE's frame number
+  uint64_t awaitingAck = 0;  // tear-free: the frame not yet acknowledged (0: none)
 
   // Cursor: what the client shows.
   bool cursorSent = false, cursorVisible = false, cursorDirty = false;
@@ -219,6 +243,10 @@ struct Display {
   const uint8_t* map = nullptr;
   size_t size = 0;
   DisplayLayout layout;
+  std::shared_ptr<const base::Fd> fd;  // handed to shared-memory clients
+  uint32_t shmId = 0;                  // its segment id in SHM_OFFER
+  uint8_t current = 0;                 // the buffer holding the picture
+  uint64_t offset() const { return current == 1 ? layout.backOffset : layout.offset; }
   std::vector<uint8_t> shadow;  // width * height * 4 bytes, rows of width * 4, top first
   ~Display() {
     if (map)
@@ -232,7 +260,7 @@ struct Display {
       const size_t row = static_cast<uint32_t>(y);
       const size_t x = size_t{static_cast<uint32_t>(r.left)} * 4;
       std::memcpy(shadow.data() + row * shadowStride() + x,
-                  map + layout.offset + row * layout.stride + x, bytes);
+                  map + offset() + row * layout.stride + x, bytes);
     }
   }
 };
@@ -258,19 +286,33 @@ struct Server::Impl {
   uint64_t refused = 0;
   ClientCounts reported;
   uint64_t lastRefusalLog = 0;
+  uint32_t nextShmId = 1;
+  // sync(): the renderer's go-ahead, held until tear-free clients acknowledge (or time out).
+  std::function<void()> pendingSync;
+  base::UvHandle<uv_timer_t> ackTimer;
 
   Impl(uv_loop_t* l, Events e) : loop(l), events(std::move(e)) {}
 
   // --- Bookkeeping ---
 
   void reportCounts() {
-    ClientCounts now{static_cast<uint32_t>(sessions.size()), static_cast<uint32_t>(conns.size()),
-                     refused};
+    ClientCounts now = counts();
     if (now == reported)
       return;
     reported = now;
     if (events.onClients)
       events.onClients(now);
+  }
+
+  ClientCounts counts() const {
+    ClientCounts now{static_cast<uint32_t>(sessions.size()), static_cast<uint32_t>(conns.size()),
+                     refused};
+    for (const auto& [id, c] : conns)
+      if (c->state == ConnState::Linked && c->shm == Conn::Shm::Active) {
+        ++now.shm;
+        now.tearFree += c->tearFree ? 1 : 0;
+      }
+    return now;
   }
 
   void closeConn(Conn& c, const std::string& reason, bool hostile) {
@@ -317,6 +359,7 @@ struct Server::Impl {
       }
     }
     reportCounts();
+    maybeFinishSync();  // it may have been the tear-free client the renderer waited for
   }
 
   // --- Output ---
@@ -345,11 +388,11 @@ struct Server::Impl {
       updatePoll(c);
   }
 
-  void queueRaw(Conn& c, std::vector<uint8_t> bytes) {
+  void queueRaw(Conn& c, std::vector<uint8_t> bytes, std::shared_ptr<const base::Fd> fd = nullptr) {
     if (c.state == ConnState::Closed)
       return;
     c.outBytes += bytes.size();
-    c.out.push_back(std::move(bytes));
+    c.out.push_back({std::move(bytes), std::move(fd)});
     updatePoll(c);
     // Display output is bounded by its flow control, the cursor's by sendCursor. Main and
     // inputs only answer the client: one that keeps asking without reading is cut off.
@@ -358,12 +401,12 @@ struct Server::Impl {
       closeConn(c, fmt::format("stopped reading ({} bytes queued)", c.outBytes), true);
   }
 
-  void send(Conn& c, const OutMessage& m) {
+  void send(Conn& c, const OutMessage& m, std::shared_ptr<const base::Fd> fd = nullptr) {
     if (c.state == ConnState::Closed)
       return;
     ++c.serial;
     ++c.sentSinceAck;
-    queueRaw(c, wire::frameMessage(c.mini, c.serial, m.type, m.body));
+    queueRaw(c, wire::frameMessage(c.mini, c.serial, m.type, m.body), std::move(fd));
   }
 
   void flush(Conn& c) {
@@ -371,14 +414,30 @@ struct Server::Impl {
       iovec iov[32];
       int n = 0;
       size_t skip = c.frontSent;
+      // A descriptor goes with the first byte of its message: that message starts a sendmsg,
+      // and the one before it ends where it begins.
       for (auto it = c.out.begin(); it != c.out.end() && n < 32; ++it, ++n) {
-        iov[n].iov_base = it->data() + skip;
-        iov[n].iov_len = it->size() - skip;
+        if (n > 0 && it->fd)
+          break;
+        iov[n].iov_base = it->bytes.data() + skip;
+        iov[n].iov_len = it->bytes.size() - skip;
         skip = 0;
       }
       msghdr msg{};
       msg.msg_iov = iov;
       msg.msg_iovlen = static_cast<size_t>(n);
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+      const bool withFd = c.out.front().fd && c.frontSent == 0;
+      if (withFd) {
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        const int fd = c.out.front().fd->get();
+        std::memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+      }
       const ssize_t sent = ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (sent < 0) {
         if (errno == EINTR)
@@ -390,8 +449,10 @@ struct Server::Impl {
       }
       size_t left = static_cast<size_t>(sent);
       c.outBytes -= left;
+      if (withFd && sent > 0)
+        c.out.front().fd.reset();  // it went with the first byte
       while (left > 0) {
-        const size_t frontLeft = c.out.front().size() - c.frontSent;
+        const size_t frontLeft = c.out.front().bytes.size() - c.frontSent;
         if (left >= frontLeft) {
           left -= frontLeft;
           c.out.pop_front();
@@ -569,15 +630,28 @@ struct Server::Impl {
     c.sessionId = mess.connectionId;
     c.mini = hasCap(mess.commonCaps, SPICE_COMMON_CAP_MINI_HEADER);
     c.authSelection = hasCap(mess.commonCaps, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
+    std::vector<uint32_t> channelCaps;
     if (type == SPICE_CHANNEL_DISPLAY) {
       c.lz4 = hasCap(mess.channelCaps, SPICE_DISPLAY_CAP_LZ4_COMPRESSION);
       c.monitorsConfig = hasCap(mess.channelCaps, SPICE_DISPLAY_CAP_MONITORS_CONFIG);
+      c.shmCap = hasCap(mess.channelCaps, shm::CAP_SHARED_MEMORY);
+      c.tearFreeCap = c.shmCap && hasCap(mess.channelCaps, shm::CAP_TEAR_FREE);
+      // Advertised only where it can be offered: never on TCP, never to another user.
+      if (shmAllowed(c)) {
+        setCap(channelCaps, shm::CAP_SHARED_MEMORY);
+        setCap(channelCaps, shm::CAP_TEAR_FREE);
+      } else if (c.shmCap) {
+        spdlog::info("client {}: asks for the shared-memory display; not offered ({})", c.peer,
+                     c.unixPeer ? "its user is not allowed (--shm-allow)"
+                                : "shared memory is for local viewers on the unix socket");
+      }
     }
     std::vector<uint32_t> common;
     setCap(common, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
     setCap(common, SPICE_COMMON_CAP_AUTH_SPICE);
     setCap(common, SPICE_COMMON_CAP_MINI_HEADER);
-    queueRaw(c, buildLinkReply(SPICE_LINK_ERR_OK, ticketKey()->publicKeyDer(), common, {}));
+    queueRaw(c,
+             buildLinkReply(SPICE_LINK_ERR_OK, ticketKey()->publicKeyDer(), common, channelCaps));
     if (c.authSelection)
       expect(c, ConnState::AuthMechanism, 4);
     else
@@ -678,7 +752,7 @@ struct Server::Impl {
         c.sentSinceAck = 0;
         c.acked = 0;
         if (display)
-          createSurface(c);
+          showDisplay(c);
         return;
       case SPICE_CHANNEL_CURSOR:
         c.cursorSent = false;
@@ -791,6 +865,37 @@ struct Server::Impl {
   }
   void handle(Conn&, const PreferredCompression&) {}
   void handle(Conn&, const KeyModifiers&) {}
+  void handle(Conn& c, const ShmReply& m) {
+    if (c.shm != Conn::Shm::Offered || m.segmentId != c.shmSegmentId) {
+      closeConn(c, fmt::format("SHM_REPLY for segment {}, which was not offered", m.segmentId),
+                true);
+      return;
+    }
+    if (!m.accepted) {
+      c.shm = Conn::Shm::Declined;
+      spdlog::info("client {}: declined the shared-memory display; images follow", c.peer);
+      if (display)
+        createSurface(c);
+      return;
+    }
+    c.shm = Conn::Shm::Active;
+    c.tearFree = (m.flags & shm::REPLY_TEAR_FREE) != 0 && c.tearFreeCap;
+    spdlog::info("client {}: shared-memory display{}", c.peer, c.tearFree ? ", tear-free" : "");
+    if (display)
+      createSurfaceShm(c);
+    reportCounts();
+  }
+  void handle(Conn& c, const DamageHandled& m) {
+    if (c.shm != Conn::Shm::Active || m.frame == 0 || m.frame > c.shmFrame) {
+      closeConn(c, fmt::format("SHM_DAMAGE_HANDLED for frame {}, which was never sent", m.frame),
+                true);
+      return;
+    }
+    if (c.awaitingAck != 0 && m.frame >= c.awaitingAck) {
+      c.awaitingAck = 0;
+      maybeFinishSync();
+    }
+  }
   void handle(Conn& c, const InputEvent& e) {
     const uint64_t now = uv_now(loop);
     if (now - c.inputWindowStart >= 1000) {
@@ -836,6 +941,117 @@ struct Server::Impl {
   Rect fullRect() const {
     return {0, 0, static_cast<int32_t>(display->layout.height),
             static_cast<int32_t>(display->layout.width)};
+  }
+
+  // --- Shared memory ---
+
+  // Offered only to viewers on a unix socket whose user is allowed, whatever a client claims.
+  bool shmAllowed(const Conn& c) const {
+    return c.unixPeer && c.peerUid &&
+           std::find(settings.shmUids.begin(), settings.shmUids.end(), *c.peerUid) !=
+               settings.shmUids.end();
+  }
+
+  // A display client gets the display: an offer first when it asked for shared memory and may
+  // have it; the answer decides between images and shared memory.
+  void showDisplay(Conn& c) {
+    switch (c.shm) {
+      case Conn::Shm::None:
+        if (c.shmCap && shmAllowed(c)) {
+          sendOffer(c);
+          c.shm = Conn::Shm::Offered;
+          c.shmOfferedAt = uv_now(loop);
+          return;
+        }
+        createSurface(c);
+        return;
+      case Conn::Shm::Offered:
+        return;  // its SHM_REPLY decides
+      case Conn::Shm::Declined:
+        createSurface(c);
+        return;
+      case Conn::Shm::Active:
+        createSurfaceShm(c);
+        return;
+    }
+  }
+
+  void sendOffer(Conn& c) {
+    c.shmSegmentId = display->shmId;
+    send(c, buildShmOffer(display->shmId, display->size, c.tearFreeCap ? shm::OFFER_TEAR_FREE : 0),
+         display->fd);
+  }
+
+  void createSurfaceShm(Conn& c) {
+    if (c.shmSegmentId != display->shmId)
+      sendOffer(c);  // a new segment: no second reply is asked for
+    const DisplayLayout& l = display->layout;
+    send(c, buildSurfaceCreateShm(l.width, l.height, display->shmId, display->offset(), l.stride));
+    c.surfaceLive = true;
+    c.needMark = false;
+    c.pending.clear();
+    const Rect full = fullRect();
+    sendShmDamage(c, std::span(&full, 1));
+  }
+
+  void sendShmDamage(Conn& c, std::span<const Rect> rects) {
+    Rect box;
+    if (rects.size() > shm::MAX_DAMAGE_RECTS) {
+      box = rects.front();
+      for (const Rect& r : rects)
+        box = unite(box, r);
+      rects = std::span(&box, 1);
+    }
+    ++c.shmFrame;
+    send(c, buildShmDamage(display->offset(), c.shmFrame, rects));
+    if (c.tearFree)
+      c.awaitingAck = c.shmFrame;
+  }
+
+  // A frame for a shared-memory client: its changed rectangles, even none (the buffer changed).
+  // A tear-free client gets every frame (it acknowledges each, so its queue stays short); others
+  // follow the ACK window like any display client, with pending damage while out of step.
+  void shmFrame(Conn& c, std::span<const Rect> changed) {
+    if (c.tearFree && c.outBytes > MAX_QUEUED_SMALL_BYTES)
+      endTearFree(c, fmt::format("stopped reading ({} bytes queued)", c.outBytes));
+    if (c.tearFree || (c.pending.empty() && inStep(c))) {
+      sendShmDamage(c, changed);
+      return;
+    }
+    for (const Rect& r : changed)
+      addPending(c, r);
+  }
+
+  void endTearFree(Conn& c, const std::string& why) {
+    spdlog::warn("client {}: {}: tear-free mode off for it (it may now see partly drawn frames)",
+                 c.peer, why);
+    c.tearFree = false;
+    c.awaitingAck = 0;
+    reportCounts();
+  }
+
+  // Answers the pending sync once no tear-free client still reads the buffer the renderer will
+  // draw into next. Returns whether nothing is pending any more.
+  bool maybeFinishSync() {
+    if (!pendingSync)
+      return true;
+    for (const auto& [id, c] : conns)
+      if (c->state == ConnState::Linked && c->awaitingAck != 0)
+        return false;
+    uv_timer_stop(ackTimer.get());
+    std::exchange(pendingSync, nullptr)();
+    return true;
+  }
+
+  void onAckTimeout() {
+    std::vector<Conn*> late;
+    for (auto& [id, c] : conns)
+      if (c->state == ConnState::Linked && c->awaitingAck != 0)
+        late.push_back(c.get());
+    for (Conn* c : late)
+      endTearFree(*c, fmt::format("did not acknowledge frame {} within {} ms", c->awaitingAck,
+                                  TEAR_FREE_ACK_MS));
+    maybeFinishSync();
   }
 
   void createSurface(Conn& c) {
@@ -915,6 +1131,13 @@ struct Server::Impl {
   void sendPending(Conn& c) {
     if (!c.surfaceLive || !display)
       return;
+    if (c.shm == Conn::Shm::Active) {
+      if (!c.pending.empty() && inStep(c)) {
+        const std::vector<Rect> rects = std::exchange(c.pending, {});
+        sendShmDamage(c, rects);
+      }
+      return;
+    }
     while (!c.pending.empty() && inStep(c)) {
       const Rect r = c.pending.front();
       c.pending.erase(c.pending.begin());
@@ -1053,6 +1276,16 @@ struct Server::Impl {
       }
       auto c = std::make_unique<Conn>();
       c->id = nextConnId++;
+      if (listener.kind == ListenerKind::Unix) {
+        c->unixPeer = true;
+        ucred credentials{};
+        socklen_t length = sizeof credentials;
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0 &&
+            length == sizeof credentials) {
+          c->peerUid = credentials.uid;
+          peer = fmt::format("{} (uid {}, pid {})", peer, credentials.uid, credentials.pid);
+        }
+      }
       c->peer = std::move(peer);
       c->fd = std::move(client);
       c->linkDeadline = uv_now(loop) + LINK_DEADLINE_MS;
@@ -1088,6 +1321,15 @@ struct Server::Impl {
                     ? "did not take its last messages in time"
                     : fmt::format("link stage not finished within {} s", LINK_DEADLINE_MS / 1000),
                 true);
+    std::vector<Conn*> silent;
+    for (auto& [id, c] : conns)
+      if (c->state == ConnState::Linked && c->shm == Conn::Shm::Offered &&
+          now > c->shmOfferedAt + SHM_REPLY_DEADLINE_MS)
+        silent.push_back(c.get());
+    for (Conn* c : silent)
+      closeConn(*c,
+                fmt::format("did not answer SHM_OFFER within {} s", SHM_REPLY_DEADLINE_MS / 1000),
+                true);
     std::vector<Conn*> stuck;
     for (auto& [id, c] : conns)
       if (c->state == ConnState::Linked && !c->closeAfterFlush && c->partialSince != 0 &&
@@ -1119,8 +1361,10 @@ Server::Server(uv_loop_t* loop, Events events)
     : impl_(std::make_unique<Impl>(loop, std::move(events))) {
   uv_timer_init(loop, impl_->tick.get());
   uv_timer_init(loop, impl_->reap.get());
+  uv_timer_init(loop, impl_->ackTimer.get());
   impl_->tick->data = impl_.get();
   impl_->reap->data = impl_.get();
+  impl_->ackTimer->data = impl_.get();
 }
 
 // Handles close in their destructors; libuv frees them on the loop's next turn.
@@ -1137,6 +1381,8 @@ std::optional<std::string> Server::configure(Settings settings, std::vector<List
     return fmt::format("max clients is {}; use 1 .. 64", settings.maxClients);
   if (listeners.empty())
     return "no listening socket: give at least one TCP or unix listener";
+  if (settings.shmUids.size() > 64)
+    return fmt::format("{} users allowed shared memory; at most 64", settings.shmUids.size());
   if (!ticketKey())
     prepare();
   if (!ticketKey())
@@ -1163,7 +1409,8 @@ std::optional<std::string> Server::configure(Settings settings, std::vector<List
   return std::nullopt;
 }
 
-std::optional<std::string> Server::setDisplay(base::Fd segment, const DisplayLayout& l) {
+std::optional<std::string> Server::setDisplay(base::Fd segment, const DisplayLayout& l,
+                                              uint8_t buffer) {
   Impl& s = *impl_;
   dropDisplay();
   if (l.width == 0 || l.height == 0 || l.width > MAX_DISPLAY_SIDE || l.height > MAX_DISPLAY_SIDE)
@@ -1177,6 +1424,18 @@ std::optional<std::string> Server::setDisplay(base::Fd segment, const DisplayLay
         "the picture (offset {}, {} rows of stride {}) does not fit the segment's "
         "{} bytes",
         l.offset, l.height, l.stride, l.size);
+  if (l.backOffset != 0) {
+    const uint64_t backEnd =
+        l.backOffset + uint64_t{l.stride} * (l.height - 1) + uint64_t{l.width} * 4;
+    if (l.backOffset > l.size || backEnd > l.size || l.backOffset < end)
+      return fmt::format(
+          "the second buffer (offset {}, {} rows of stride {}) does not fit the segment's {} "
+          "bytes after the first",
+          l.backOffset, l.height, l.stride, l.size);
+  }
+  if (buffer > 1 || (buffer == 1 && l.backOffset == 0))
+    return fmt::format("the picture is said to be in buffer {} of a segment with {}", buffer,
+                       l.backOffset ? "two" : "one");
   // A segment that can shrink would SIGBUS this process on the next read of its lost pages: the
   // broker seals its segments (SHRINK | GROW | SEAL), and a descriptor without the seal is refused.
   const int seals = ::fcntl(segment.get(), F_GET_SEALS);
@@ -1199,10 +1458,13 @@ std::optional<std::string> Server::setDisplay(base::Fd segment, const DisplayLay
   s.display->map = static_cast<const uint8_t*>(map);
   s.display->size = l.size;
   s.display->layout = l;
+  s.display->current = buffer;
+  s.display->fd = std::make_shared<const base::Fd>(std::move(segment));
+  s.display->shmId = s.nextShmId++;
   s.display->shadow.resize(size_t{l.width} * l.height * 4);
   s.display->take(s.fullRect());
   for (Conn* c : s.linked(SPICE_CHANNEL_DISPLAY))
-    s.createSurface(*c);
+    s.showDisplay(*c);
   return std::nullopt;
 }
 
@@ -1218,14 +1480,23 @@ void Server::dropDisplay() {
     c->surfaceLive = false;
     c->needMark = false;
     c->pending.clear();
+    c->awaitingAck = 0;  // the renderer draws into a new segment: nothing to wait for
   }
   s.display.reset();
+  s.maybeFinishSync();
 }
 
-void Server::frame(uint64_t generation, std::span<const Hint> hints, std::span<const Rect> damage) {
+void Server::frame(uint64_t generation, uint8_t buffer, std::span<const Hint> hints,
+                   std::span<const Rect> damage) {
   Impl& s = *impl_;
   if (!s.display || generation != s.display->layout.generation)
     return;
+  if (buffer > 1 || (buffer == 1 && s.display->layout.backOffset == 0)) {
+    spdlog::error("a frame names buffer {} of a segment with {}; frame ignored", buffer,
+                  s.display->layout.backOffset ? "two" : "one");
+    return;
+  }
+  s.display->current = buffer;
   // The shadow takes every pixel the batch changed, before any client is served from it.
   const uint32_t w = s.display->layout.width, h = s.display->layout.height;
   auto take = [&](const Rect& r) {
@@ -1242,9 +1513,41 @@ void Server::frame(uint64_t generation, std::span<const Hint> hints, std::span<c
   }
   for (const Rect& r : damage)
     take(r);
-  for (Conn* c : s.linked(SPICE_CHANNEL_DISPLAY))
-    if (c->surfaceLive)
+  // Shared-memory clients: every changed rectangle, hints included (clipped, non-empty).
+  std::vector<Rect> changed;
+  auto note = [&](const Rect& r) {
+    const Rect clipped = clipTo(r, w, h);
+    if (!emptyRect(clipped))
+      changed.push_back(clipped);
+  };
+  for (const Hint& hint : hints) {
+    if (const auto* fill = std::get_if<SolidFill>(&hint))
+      for (const Rect& r : fill->rects)
+        note(r);
+    else
+      note(std::get<CopyBits>(hint).dest);
+  }
+  for (const Rect& r : damage)
+    note(r);
+  for (Conn* c : s.linked(SPICE_CHANNEL_DISPLAY)) {
+    if (!c->surfaceLive)
+      continue;
+    if (c->shm == Conn::Shm::Active)
+      s.shmFrame(*c, changed);
+    else
       s.sendFrame(*c, hints, damage);
+  }
+}
+
+void Server::sync(std::function<void()> done) {
+  Impl& s = *impl_;
+  if (s.pendingSync)
+    std::exchange(s.pendingSync, nullptr)();  // answered in order (the broker sends one at a time)
+  s.pendingSync = std::move(done);
+  if (!s.maybeFinishSync())
+    uv_timer_start(
+        s.ackTimer.get(), [](uv_timer_t* t) { static_cast<Impl*>(t->data)->onAckTimeout(); },
+        TEAR_FREE_ACK_MS, 0);
 }
 
 void Server::setCursor(const CursorState& cursor) {
@@ -1260,8 +1563,7 @@ void Server::setCursor(const CursorState& cursor) {
 }
 
 ClientCounts Server::counts() const {
-  return {static_cast<uint32_t>(impl_->sessions.size()), static_cast<uint32_t>(impl_->conns.size()),
-          impl_->refused};
+  return impl_->counts();
 }
 
 }  // namespace spicebox::netproxy

@@ -54,15 +54,19 @@ struct Settings {
   uint32_t maxClients = 16;             // linked sessions at once
   ImageCompression imageCompression = ImageCompression::AutoLz;
   MouseMode mouseMode = MouseMode::Client;
+  // Unix-socket peers (SO_PEERCRED uid) offered the shared-memory display; empty: nobody.
+  std::vector<uint32_t> shmUids;
 };
 
-// The primary's pixels: a read-only descriptor, x8r8g8b8, top row first.
+// The primary's pixels: a read-only descriptor, x8r8g8b8, top row first, in one or two buffers
+// (render.capnp DisplaySegment: the picture alternates between them; each frame names its buffer).
 struct DisplayLayout {
   uint64_t generation = 0;
   uint64_t size = 0;    // bytes of the descriptor
-  uint64_t offset = 0;  // top row
+  uint64_t offset = 0;  // top row of buffer 0
   uint32_t stride = 0;  // width * 4
   uint32_t width = 0, height = 0;
+  uint64_t backOffset = 0;  // top row of buffer 1; 0: one buffer
 };
 
 struct CursorState {
@@ -97,6 +101,7 @@ using InputEvent = std::variant<KeyEvent, MouseMotion, MousePosition, MouseButto
 struct ClientCounts {
   uint32_t sessions = 0, connections = 0;
   uint64_t refused = 0;
+  uint32_t shm = 0, tearFree = 0;  // display channels in shared-memory (and tear-free) mode
   bool operator==(const ClientCounts&) const = default;
 };
 
@@ -121,14 +126,22 @@ class Server {
   std::optional<std::string> configure(Settings settings, std::vector<Listener> listeners);
 
   // A new primary: maps `segment` read-only (after checking it is at least layout.size bytes
-  // and the layout fits), and sends every display client the new surface and its whole picture.
+  // and the layout fits), and sends every display client the new surface and its whole picture
+  // (the picture is in `buffer`). Shared-memory clients get the descriptor itself (SHM_OFFER).
   // Returns an error when the segment is unusable (the previous display is then gone too).
-  std::optional<std::string> setDisplay(base::Fd segment, const DisplayLayout& layout);
+  std::optional<std::string> setDisplay(base::Fd segment, const DisplayLayout& layout,
+                                        uint8_t buffer = 0);
   // The primary is gone: clients get a surface destroy.
   void dropDisplay();
   // A rendered batch: hints then damage (render.capnp's replay invariant), for the display of
   // `generation` (ignored for any other).
-  void frame(uint64_t generation, std::span<const Hint> hints, std::span<const Rect> damage);
+  // The picture is now in `buffer`.
+  void frame(uint64_t generation, uint8_t buffer, std::span<const Hint> hints,
+             std::span<const Rect> damage);
+  // Calls `done` once the renderer may draw again: every tear-free shared-memory client has
+  // acknowledged the last frame it was sent (SHM_DAMAGE_HANDLED), or missed TEAR_FREE_ACK_MS
+  // (it then loses tear-free mode, logged). At once when no client is waiting.
+  void sync(std::function<void()> done);
   void setCursor(const CursorState& cursor);
 
   ClientCounts counts() const;

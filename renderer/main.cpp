@@ -179,6 +179,7 @@ class RendererLink
     done.setSeq(seq);
     done.setRejected(rejected);
     buildOutput(done, output);
+    done.setBuffer(worker_.buffer());
     if (worker_.cursorChanged())
       buildCursor(done.initCursor(), worker_.cursor());
   }

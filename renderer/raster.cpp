@@ -251,6 +251,27 @@ RasterResult Rasteriser::createPrimary(uint32_t w, uint32_t h, int32_t stride, u
   return std::nullopt;
 }
 
+RasterResult Rasteriser::movePrimary(std::span<std::byte> memory) {
+  Surface* s = impl_->surfaces[0].get();
+  if (s == nullptr) {
+    return RasterError::SurfaceUnknown;
+  }
+  pixman_image_t* shown = s->shadow ? s->shadow.get() : s->image.get();
+  const int stride = pixman_image_get_stride(shown);
+  if (static_cast<uint64_t>(stride) * s->height > memory.size() ||
+      reinterpret_cast<uintptr_t>(memory.data()) % 4 != 0) {
+    return RasterError::SurfaceMemoryTooSmall;
+  }
+  PixmanImage moved(pixman_image_create_bits(
+      pixman_image_get_format(shown), static_cast<int>(s->width), static_cast<int>(s->height),
+      reinterpret_cast<uint32_t*>(memory.data()), stride));
+  if (!moved) {
+    return RasterError::BadSurfaceSize;
+  }
+  (s->shadow ? s->shadow : s->image) = std::move(moved);
+  return std::nullopt;
+}
+
 RasterResult Rasteriser::loadPrimary(std::span<const std::byte> guestMemory, int32_t stride) {
   Surface* s = impl_->surfaces[0].get();
   if (s == nullptr) {

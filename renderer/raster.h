@@ -121,6 +121,9 @@ class Rasteriser {
   RasterResult createPrimary(uint32_t width, uint32_t height, int32_t stride, uint32_t format,
                              std::span<std::byte> memory);
   RasterResult destroyPrimary() { return destroySurface(0); }
+  // The primary's shown pixels move to `memory` (same size and stride as at createPrimary; the
+  // caller has copied the picture there): later draws land there. For double buffering.
+  RasterResult movePrimary(std::span<std::byte> memory);
   // The primary's initial pixels: `guestMemory` laid out like the guest's primary (native format,
   // rows of `stride` bytes; negative: the top row is the last one in memory), copied once (the
   // shadow is refreshed). BadArea when the memory cannot hold height * |stride| bytes.

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -23,7 +24,10 @@ using ipc::render::WorkItem;
 // The largest BAR the broker accepts (broker/vmm-link.h, MAX_RAM_BYTES / MAX_VRAM_BYTES).
 constexpr uint64_t MAX_BAR_BYTES = 1024ull * 1024 * 1024;
 constexpr uint64_t PAGE = 4096;
-// The largest display segment: a maxDisplayDimension square at 4 bytes a pixel (256 MiB).
+// Double buffering: rectangles kept of what the other buffer lacks, beyond that their bounding box.
+constexpr size_t MAX_FORWARD_RECTS = 128;
+// The largest display buffer: a maxDisplayDimension square at 4 bytes a pixel (256 MiB); a
+// segment holds two.
 constexpr uint64_t MAX_SEGMENT_BYTES =
     uint64_t{ipc::render::MAX_DISPLAY_DIMENSION} * ipc::render::MAX_DISPLAY_DIMENSION * 4;
 
@@ -116,12 +120,20 @@ std::variant<std::unique_ptr<DisplaySegmentMapping>, std::string> DisplaySegment
     return fmt::format("displaySegment of {}x{} pixels: width and height must be 1 .. {}", w, h,
                        ipc::render::MAX_DISPLAY_DIMENSION);
   // 64-bit arithmetic: every factor is below 2^32, and offset is bounded before it is added.
+  const uint64_t back = segment.getBackOffset();
   if (stride < uint64_t{w} * 4 || stride % 4 != 0 || size == 0 || size % PAGE != 0 ||
-      size > MAX_SEGMENT_BYTES + PAGE || offset % 4 != 0 || offset > size ||
+      size > 2 * MAX_SEGMENT_BYTES + PAGE || offset % 4 != 0 || offset > size ||
       uint64_t{stride} * h > size - offset)
     return fmt::format(
         "displaySegment layout out of range: {} bytes, offset {}, stride {} for {}x{} pixels", size,
         offset, stride, w, h);
+  // The second buffer, when there is one, lies after the first and inside the segment.
+  if (back != 0 && (back % 4 != 0 || back > size || back < offset + uint64_t{stride} * h ||
+                    uint64_t{stride} * h > size - back))
+    return fmt::format(
+        "displaySegment second buffer out of range: offset {} for {} rows of {} bytes in a "
+        "{}-byte segment whose first buffer starts at {}",
+        back, h, stride, size, offset);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0)
     return fmt::format("cannot fstat the displaySegment descriptor: {}", std::strerror(errno));
@@ -142,7 +154,9 @@ std::variant<std::unique_ptr<DisplaySegmentMapping>, std::string> DisplaySegment
   m->width_ = w;
   m->height_ = h;
   m->stride_ = stride;
-  m->pixels_ = {static_cast<std::byte*>(base) + offset, uint64_t{stride} * h};
+  m->buffers_[0] = {static_cast<std::byte*>(base) + offset, uint64_t{stride} * h};
+  if (back != 0)
+    m->buffers_[1] = {static_cast<std::byte*>(base) + back, uint64_t{stride} * h};
   return m;  // the descriptor closes here: the mapping keeps the memory
 }
 
@@ -184,6 +198,69 @@ void Worker::forgetSurfaces() {
   raster_.destroyAll();
   primarySegment_.reset();  // after the rasteriser let go of it
   guestSurfaces_.clear();
+  resetBuffers();
+}
+
+void Worker::resetBuffers() {
+  buffer_ = 0;
+  presented_ = false;
+  forward_.clear();
+}
+
+void Worker::flipIfPresented() {
+  if (!presented_ || !primarySegment_ || !primarySegment_->hasBackBuffer() ||
+      raster_.surface(0) == nullptr)
+    return;
+  presented_ = false;
+  const uint8_t next = buffer_ ^ 1;
+  const std::span<std::byte> from = primarySegment_->pixels(buffer_);
+  const std::span<std::byte> to = primarySegment_->pixels(next);
+  const size_t stride = primarySegment_->stride();
+  const int32_t w = static_cast<int32_t>(primarySegment_->width());
+  const int32_t h = static_cast<int32_t>(primarySegment_->height());
+  for (const qxlcmd::Rect& r : forward_) {
+    const int32_t left = std::clamp(r.left, 0, w), right = std::clamp(r.right, 0, w);
+    const int32_t top = std::clamp(r.top, 0, h), bottom = std::clamp(r.bottom, 0, h);
+    if (right <= left)
+      continue;
+    const size_t x = static_cast<size_t>(left) * 4, bytes = static_cast<size_t>(right - left) * 4;
+    for (int32_t y = top; y < bottom; ++y) {
+      const size_t row = static_cast<size_t>(y) * stride + x;
+      std::memcpy(to.data() + row, from.data() + row, bytes);
+    }
+  }
+  forward_.clear();
+  if (auto error = raster_.movePrimary(to)) {
+    rasterFailed("primary buffer flip", *error);
+    return;
+  }
+  buffer_ = next;
+}
+
+void Worker::notePresented(const PrimaryOutput& output) {
+  if (output.damage.empty() && output.hints.empty())
+    return;
+  presented_ = true;
+  auto add = [&](const qxlcmd::Rect& r) { forward_.push_back(r); };
+  for (const qxlcmd::Rect& r : output.damage)
+    add(r);
+  for (const OutputHint& hint : output.hints) {
+    if (const auto* fill = std::get_if<SolidFillHint>(&hint))
+      for (const qxlcmd::Rect& r : fill->rects)
+        add(r);
+    else
+      add(std::get<CopyBitsHint>(hint).dest);
+  }
+  if (forward_.size() > MAX_FORWARD_RECTS) {
+    qxlcmd::Rect box = forward_.front();
+    for (const qxlcmd::Rect& r : forward_) {
+      box.top = std::min(box.top, r.top);
+      box.left = std::min(box.left, r.left);
+      box.bottom = std::max(box.bottom, r.bottom);
+      box.right = std::max(box.right, r.right);
+    }
+    forward_.assign(1, box);
+  }
 }
 
 void Worker::resetCursor() {
@@ -258,6 +335,7 @@ void Worker::rasterFailed(const char* what, RasterError error) {
 void Worker::createPrimary(const PrimaryState& p) {
   raster_.destroyPrimary();  // a primary replacing one the guest did not destroy
   primarySegment_.reset();
+  resetBuffers();
   primaryCreatedInBatch_ = true;
   if (p.width == 0 || p.height == 0 || p.width > MAX_SURFACE_DIMENSION ||
       p.height > MAX_SURFACE_DIMENSION) {
@@ -383,6 +461,7 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
   ++stats_.batches;
   uint32_t rejected = 0;
   primaryCreatedInBatch_ = false;
+  flipIfPresented();
   auto items = batch.getItems();
   unsigned count = items.size();
   if (count > ipc::render::MAX_ITEMS_PER_BATCH) {
@@ -478,6 +557,7 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
     reportedCursor_ = key;
     ++stats_.cursorReports;
   }
+  notePresented(lastOutput_);
   stats_.damageRects += lastOutput_.damage.size();
   stats_.hints += lastOutput_.hints.size();
   return rejected;

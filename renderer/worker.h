@@ -68,8 +68,11 @@ class DisplaySegmentMapping {
   uint32_t width() const { return width_; }
   uint32_t height() const { return height_; }
   uint32_t stride() const { return stride_; }
-  // The picture: stride * height bytes, top row first, 4-byte aligned.
-  std::span<std::byte> pixels() const { return pixels_; }
+  // Buffer 0's picture: stride * height bytes, top row first, 4-byte aligned.
+  std::span<std::byte> pixels() const { return buffers_[0]; }
+  // Buffer `index` (0 or 1); buffer 1 exists when hasBackBuffer().
+  std::span<std::byte> pixels(unsigned index) const { return buffers_[index & 1]; }
+  bool hasBackBuffer() const { return !buffers_[1].empty(); }
 
  private:
   DisplaySegmentMapping() = default;
@@ -77,7 +80,7 @@ class DisplaySegmentMapping {
   size_t size_ = 0;
   uint64_t generation_ = 0;
   uint32_t width_ = 0, height_ = 0, stride_ = 0;
-  std::span<std::byte> pixels_;
+  std::span<std::byte> buffers_[2];
 };
 
 struct WorkerStats {
@@ -152,6 +155,8 @@ class Worker {
   uint32_t runBatch(ipc::render::Batch::Reader batch);
   // The primary's output of the last batch (render.capnp BatchDone damage and hints).
   const PrimaryOutput& lastOutput() const { return lastOutput_; }
+  // The segment buffer holding the primary's picture after the last batch (BatchDone.buffer).
+  uint8_t buffer() const { return primarySegment_ ? buffer_ : 0; }
 
   // The pointer after the last batch, and whether that batch changed it (visibility, position or
   // shape) compared with the last pointer reported: then BatchDone.cursor carries all of it,
@@ -188,6 +193,13 @@ class Worker {
   // The guest memory of `size` bytes at `addr`, translated through today's slots, or empty.
   std::span<std::byte> locate(uint64_t addr, uint64_t size) const;
   void forgetSurfaces();
+  // Double buffering (render.capnp DisplaySegment): before a batch, when the last batch's output
+  // was reported (its buffer is presented), copies what changed since into the other buffer and
+  // moves the primary there.
+  void flipIfPresented();
+  // After a batch: its output is presented; its rectangles are what the other buffer lacks.
+  void notePresented(const PrimaryOutput& output);
+  void resetBuffers();
   // QXL_CURSOR_SET / MOVE / HIDE / TRAIL applied to the pointer state.
   void applyCursor(const qxlcmd::CursorCmd& command);
   // A SET's shape, sanitised; one that is too large or refused keeps the previous shape.
@@ -219,6 +231,12 @@ class Worker {
   Rasteriser raster_;
   bool primaryCreatedInBatch_ = false;
   PrimaryOutput lastOutput_;
+  // Double buffering: the buffer drawn into, whether its picture has been reported (then the
+  // next batch draws into the other), and the rectangles where the other buffer is out of date
+  // (at most MAX_FORWARD_RECTS; beyond, their bounding box).
+  uint8_t buffer_ = 0;
+  bool presented_ = false;
+  std::vector<qxlcmd::Rect> forward_;
   CursorState cursor_;
   // The last serial handed out: serials keep increasing across resets, so a shape set after a
   // reset never reuses the serial of a shape before it (within this renderer process).
