@@ -9,7 +9,9 @@
 #include <limits>
 
 #include "base/assert.h"
+#include "base/latency-stamp.h"
 #include "base/log.h"
+#include "tools/guestsim/stamp.h"
 
 namespace spicebox::guestsim {
 
@@ -193,7 +195,17 @@ bool Driver::perform(const GuestAction& action) {
   return performIo(std::get<IoEvent>(action));
 }
 
-bool Driver::submit(const Command& command) {
+std::optional<uint64_t> Driver::submitStamp(uint32_t seq) {
+  SB_ASSERT(allocator_, "submitStamp() before init()");
+  SB_ASSERT(primary_, "a stamp without a primary to draw it on");
+  reclaim();
+  if (!submit(stampCommand(seq), seq))
+    return std::nullopt;
+  ++stats_.stamps;
+  return lastStampNs_;
+}
+
+bool Driver::submit(const Command& command, std::optional<uint32_t> stampSeq) {
   uint64_t id = nextReleaseId_;
   for (int round = 0;; ++round) {
     auto result = materialise(command, id, *allocator_);
@@ -222,9 +234,18 @@ bool Driver::submit(const Command& command) {
           }
         }
       }
+      uint8_t* stampPixels = nullptr;
+      if (stampSeq) {
+        // Our own materialiser laid out our own stamp: not finding its pixels is a bug here.
+        stampPixels = locateStampPixels(m->commandAddr, [this](uint64_t addr, size_t size) {
+          return allocator_->hostAddress(addr, size);
+        });
+        SB_ASSERT(stampPixels, "stamp {} laid out at {:#x} but its pixels were not found",
+                  *stampSeq, m->commandAddr);
+      }
       p.materialised = std::move(*m);
       auto& stored = pending_.emplace(id, std::move(p)).first->second;
-      push(stored.materialised);
+      push(stored.materialised, stampPixels, stampSeq.value_or(0));
       ++stats_.commands;
       ++stats_.commandsByType[stored.typeName];
       return true;
@@ -261,7 +282,7 @@ bool Driver::submit(const Command& command) {
   }
 }
 
-void Driver::push(const Materialised& m) {
+void Driver::push(const Materialised& m, uint8_t* stampPixels, uint32_t stampSeq) {
   auto* base = ramHeader();
   RingView ring = m.cursorRing ? RingView(base + offsetof(QXLRam, cursor_ring),
                                           QXL_CURSOR_RING_SIZE, sizeof(QXLCursorRing_ring_el))
@@ -283,6 +304,12 @@ void Driver::push(const Materialised& m) {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     vmm_.waitUntil([&] { return checkIndices() < ring.capacity(); },
                    fmt::format("room on the {}", name));
+  }
+  // The doorbell moment of a latency stamp: after any wait for room, before the item that makes
+  // the command visible. The fence below orders the pixels before the producer index.
+  if (stampPixels) {
+    lastStampNs_ = stamp::monotonicNowNs();
+    writeStamp(stampPixels, stampSeq, lastStampNs_);
   }
   uint32_t prod = ring.prod();
   QXLCommand item{};

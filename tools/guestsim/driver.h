@@ -54,6 +54,7 @@ struct DriverStats {
   uint64_t interrupts = 0;
   uint64_t deviceErrors = 0;                       // QXL_INTERRUPT_ERROR seen
   uint64_t snapshots = 0;                          // snapshotPrimary() read-backs
+  uint64_t stamps = 0;                             // submitStamp(); also in commands (DRAW)
   std::map<std::string, uint64_t> commandsByType;  // "DRAW", "SURFACE", ...
   std::map<std::string, uint64_t> ioByName;        // performed, by recorded worker message name
   std::map<std::string, uint64_t> skippedByName;   // skipped, same names
@@ -72,6 +73,12 @@ class Driver {
   // Performs one action. Returns false when it was not performed: a skipped IoEvent (counted by
   // name), or a command the materialiser refused (counted in notSubmitted; not recorded).
   bool perform(const GuestAction& action);
+  // --stamps: lays out stampCommand(seq) (stamp.h) and pushes it on the command ring, writing
+  // CLOCK_MONOTONIC into its pixels in guest memory after any wait for ring room and right
+  // before the ring item and producer index are written (and the doorbell rung). Returns the
+  // time written, or nullopt when the command was not submitted (counted as notSubmitted).
+  // Needs a primary (the stamp draws on surface 0): the caller checks.
+  std::optional<uint64_t> submitStamp(uint32_t seq);
   // Frees what the device released (walks the release ring).
   void reclaim();
   // Waits until every submitted command was released. Throws VmmError naming the first command
@@ -97,8 +104,11 @@ class Driver {
   // The QXLRam header inside our RAM BAR mapping (after init()).
   std::byte* ramHeader() const;
   void onInterrupt();
-  bool submit(const Command& command);
-  void push(const Materialised& m);
+  // `stampSeq`: the command is stampCommand(*stampSeq); push() writes its time.
+  bool submit(const Command& command, std::optional<uint32_t> stampSeq = std::nullopt);
+  // `stampPixels`, when set: the stamp's 20 bytes in guest memory, written with `stampSeq` and
+  // the time just before the command is published (the time goes to lastStampNs_).
+  void push(const Materialised& m, uint8_t* stampPixels = nullptr, uint32_t stampSeq = 0);
   bool performIo(const IoEvent& io);
   void createPrimary(const IoEvent& io);
   void destroyPrimary();
@@ -123,6 +133,7 @@ class Driver {
   uint32_t primaryFormat_ = 0;
   std::optional<GuestBlock> monitorsConfig_;
   DriverStats stats_;
+  uint64_t lastStampNs_ = 0;  // what push() wrote into the last stamp
 };
 
 }  // namespace spicebox::guestsim

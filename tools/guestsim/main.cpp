@@ -3,7 +3,8 @@
 //
 // A VMM and a QXL guest driver in one program: links to a broker (--vmm-socket / --vmm-fd) and
 // plays a recording (--replay) or a scenario (--scenario) through the driver; optionally records
-// what it did (--record-out), also offline, without a broker.
+// what it did (--record-out), also offline, without a broker, and draws latency stamps after the
+// commands (--stamps, stamp.h).
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
@@ -16,12 +17,14 @@
 #include <string>
 #include <vector>
 
+#include "base/latency-stamp.h"
 #include "base/log.h"
 #include "tests/oracle/png-image.h"
 #include "tools/guestsim/driver.h"
 #include "tools/guestsim/scenario.h"
 #include "tools/guestsim/spice-record-writer.h"
 #include "tools/guestsim/spice-record.h"
+#include "tools/guestsim/stamp.h"
 #include "tools/guestsim/vmm.h"
 
 namespace {
@@ -50,6 +53,8 @@ struct Options {
   uint64_t snapshotEvery = 0;
   std::vector<uint64_t> snapshotAt;
   bool snapshotLast = false;
+  // After every command the source puts on the command ring, a latency stamp (stamp.h).
+  bool stamps = false;
 };
 
 // An IoEvent after which the primary shown so far is gone (or replaced).
@@ -150,6 +155,8 @@ std::string summaryLine(const DriverStats& s) {
   list("by type", s.commandsByType);
   list("io performed", s.ioByName);
   list("io skipped", s.skippedByName);
+  if (s.stamps)
+    line += fmt::format("; stamps: {}", s.stamps);
   if (s.notSubmitted)
     line += fmt::format("; not submitted: {}", s.notSubmitted);
   if (s.oomNotifications)
@@ -276,6 +283,8 @@ class Run {
         snapshot(submitted);
       if (perform(*action) && isCommand) {
         ++submitted;
+        if (o_.stamps)
+          stampAfter(std::get<Command>(*action));
         if (snapshotWanted(submitted))
           snapshot(submitted);
       }
@@ -284,6 +293,52 @@ class Run {
         if (stop_.requested())
           throw StopRequested();
       }
+    }
+  }
+
+  // Whether a primary a stamp fits on exists, from the IoEvents performed (the driver skips a
+  // create the recorder wrote without surface fields; so does this).
+  void trackPrimary(const IoEvent& io) {
+    switch (io.message) {
+      case WorkerMessage::CreatePrimarySurface:
+      case WorkerMessage::CreatePrimarySurfaceAsync:
+        stampable_ = io.primary && io.primary->width >= spicebox::stamp::STAMP_WIDTH &&
+                     io.primary->height >= 1;
+        break;
+      default:
+        if (endsPrimary(io))
+          stampable_ = false;
+        break;
+    }
+  }
+
+  // --stamps: a stamp after each command the source put on the command ring (not after cursor
+  // commands, which draw nothing into the primary), while there is a primary to draw it on.
+  // Stamps are not paced and not counted by --count, --until or the snapshot numbers; they are
+  // in the summary's command counts (and "stamps: N"). With --record-out they are recorded as
+  // ordinary commands, carrying the time written at the doorbell.
+  void stampAfter(const Command& command) {
+    if (!stampable_ || command.type == CommandType::Cursor)
+      return;
+    const uint32_t seq = nextStampSeq_;
+    std::optional<uint64_t> ns;
+    if (driver_) {
+      ns = driver_->submitStamp(seq);
+    } else {
+      ns = spicebox::stamp::monotonicNowNs();  // offline: no doorbell; the time it is recorded
+      countOffline(GuestAction(stampCommand(seq)), offline_);
+      ++offline_.stamps;
+    }
+    if (!ns)
+      return;  // not submitted: counted and warned about by the driver
+    // 24 bits go into the pixels; the sequence wraps after 16777215 back to 1.
+    nextStampSeq_ = seq >= 0xffffff ? 1 : seq + 1;
+    if (writer_) {
+      Command recorded = stampCommand(seq);
+      Copy& copy = std::get<Copy>(std::get<Drawable>(recorded.body).payload);
+      writeStamp(std::get<Bitmap>(copy.srcBitmap->payload).data.data(), seq, *ns);
+      if (auto error = writer_->writeCommand(recorded, nowNs()))
+        throw VmmError(fmt::format("cannot record to {}: {}", o_.recordOut, error->toString()));
     }
   }
 
@@ -320,6 +375,8 @@ class Run {
       done = driver_->perform(action);
     else
       countOffline(action, offline_);
+    if (done && std::holds_alternative<IoEvent>(action))
+      trackPrimary(std::get<IoEvent>(action));
     // Recorded: every command submitted and every IoEvent, skipped ones included (the device
     // need not see ADD_MEMSLOT or START, but spice-server's replayer of the recording does).
     if ((done || std::holds_alternative<IoEvent>(action)) && writer_) {
@@ -340,6 +397,8 @@ class Run {
   std::unique_ptr<RecordWriter> writer_;
   std::set<uint64_t> snapshotAt_{o_.snapshotAt.begin(), o_.snapshotAt.end()};
   uint64_t lastSnapshot_ = 0;
+  bool stampable_ = false;     // a primary of at least STAMP_WIDTH x 1 exists
+  uint32_t nextStampSeq_ = 1;  // seq of the next stamp (1 .. 2^24 - 1)
   // Declared after vmm_, so destroyed first: it unregisters its interrupt handler from the VMM.
   std::unique_ptr<Vmm> vmm_;
   std::unique_ptr<Driver> driver_;
@@ -401,8 +460,13 @@ int main(int argc, char** argv) {
   auto* fd = app.add_option("--vmm-fd", o.vmmFd, "An inherited, connected qxl-link socket")
                  ->check(CLI::Range(0, 1 << 20));
   socket->excludes(fd);
-  auto* scenario = app.add_option("--scenario", o.scenario, "A built-in workload")
-                       ->check(CLI::IsMember(scenarioNames()));
+  auto* scenario =
+      app.add_option("--scenario", o.scenario,
+                     "A built-in workload: desktop, all-draws, stress (--rate, default "
+                     "2000 commands/s); latency and tear workloads, one command per "
+                     "update: small-fills (200/s), fullhd (1920x1080 copies, 30/s), "
+                     "flash (full-screen colours, unpaced)")
+          ->check(CLI::IsMember(scenarioNames()));
   auto* replay = app.add_option("--replay", o.replay,
                                 "A spice-server QXL recording (SPICE_REPLAY 1, .xz read directly)")
                      ->check(CLI::ExistingFile);
@@ -439,6 +503,10 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_flag("--snapshot-last", o.snapshotLast,
                "A snapshot after the last command (before a trailing primary destroy)");
+  app.add_flag("--stamps", o.stamps,
+               "After every command on the command ring, draw a latency stamp (5x1 pixels at "
+               "(0,0) of the primary: sequence number and CLOCK_MONOTONIC at the doorbell; "
+               "base/latency-stamp.h)");
   app.add_option("--log-level", o.logLevel,
                  "trace, debug, info, warn or error (default: info, or $SPICEBOX_LOG)")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));

@@ -519,3 +519,160 @@ TEST_CASE("reference formats: only what libspice-server renders, every draw type
 }
 
 }  // namespace spicebox::guestsim
+
+namespace spicebox::guestsim {
+namespace {
+
+// The first action creates a w x h 32 bpp primary; every later one is a command (one per update).
+void checkOnePrimaryThenCommands(const std::vector<GuestAction>& actions, uint32_t w, uint32_t h) {
+  REQUIRE(!actions.empty());
+  auto* io = std::get_if<IoEvent>(&actions[0]);
+  REQUIRE(io);
+  REQUIRE(io->message == WorkerMessage::CreatePrimarySurface);
+  REQUIRE(io->primary);
+  CHECK(io->primary->width == w);
+  CHECK(io->primary->height == h);
+  CHECK(io->primary->format == SPICE_SURFACE_FMT_32_xRGB);
+  for (size_t i = 1; i < actions.size(); ++i) {
+    INFO("action " << i);
+    REQUIRE(std::holds_alternative<Command>(actions[i]));
+  }
+}
+
+const Drawable& drawableOf(const GuestAction& action) {
+  const Command& c = std::get<Command>(action);
+  REQUIRE(c.type == CommandType::Draw);
+  return std::get<Drawable>(c.body);
+}
+
+}  // namespace
+
+TEST_CASE("small-fills: one small solid fill per update, seeded, 200/s", "[scenario]") {
+  ScenarioOptions options;
+  options.maxCommands = 2000;
+  auto actions = collect("small-fills", options);
+  CHECK(commandCount(actions) == 2000);
+  checkOnePrimaryThenCommands(actions, 1024, 768);
+  StreamChecker checker;
+  checkStream(actions, checker);
+  std::set<uint32_t> colors, widths, heights;
+  std::set<std::pair<int32_t, int32_t>> places;
+  for (size_t i = 1; i < actions.size(); ++i) {
+    const Drawable& d = drawableOf(actions[i]);
+    REQUIRE(d.type == QXL_DRAW_FILL);
+    CHECK(d.surfaceId == 0);
+    CHECK(d.clip.type == SPICE_CLIP_TYPE_NONE);
+    const Fill& f = std::get<Fill>(d.payload);
+    CHECK(f.brush.type == SPICE_BRUSH_TYPE_SOLID);
+    CHECK(f.ropDescriptor == SPICE_ROPD_OP_PUT);
+    CHECK(!f.mask.bitmap);
+    const int32_t w = d.bbox.right - d.bbox.left, h = d.bbox.bottom - d.bbox.top;
+    CHECK(w >= 8);
+    CHECK(w <= 64);
+    CHECK(h >= 8);
+    CHECK(h <= 64);
+    colors.insert(f.brush.color);
+    widths.insert(uint32_t(w));
+    heights.insert(uint32_t(h));
+    places.insert({d.bbox.left, d.bbox.top});
+  }
+  // Random, not a fixed rectangle: sizes over the whole range, places and colours spread.
+  CHECK(widths.size() == 57);
+  CHECK(heights.size() == 57);
+  CHECK(places.size() > 1900);
+  CHECK(colors.size() > 1900);
+  checkRoundTrip({actions.begin(), actions.begin() + 50});
+
+  options.maxCommands = 100;
+  CHECK(collect("small-fills", options) == collect("small-fills", options));
+  ScenarioOptions other = options;
+  other.seed = 2;
+  CHECK(collect("small-fills", options) != collect("small-fills", other));
+  CHECK(makeScenario("small-fills", {})->commandsPerSecond() == 200);
+  other.rate = 50;
+  CHECK(makeScenario("small-fills", other)->commandsPerSecond() == 50);
+}
+
+TEST_CASE("fullhd: a full-screen 1920x1080 32 bpp copy per update, each different, 30/s",
+          "[scenario]") {
+  ScenarioOptions options;
+  options.maxCommands = 6;
+  auto actions = collect("fullhd", options);
+  CHECK(commandCount(actions) == 6);
+  checkOnePrimaryThenCommands(actions, 1920, 1080);
+  StreamChecker checker;
+  checkStream(actions, checker);
+  const Rect all{0, 0, 1080, 1920};
+  std::vector<const std::vector<uint8_t>*> pictures;
+  for (size_t i = 1; i < actions.size(); ++i) {
+    const Drawable& d = drawableOf(actions[i]);
+    REQUIRE(d.type == QXL_DRAW_COPY);
+    CHECK(d.surfaceId == 0);
+    CHECK(d.bbox == all);
+    CHECK(d.clip.type == SPICE_CLIP_TYPE_NONE);
+    const Copy& c = std::get<Copy>(d.payload);
+    CHECK(c.ropDescriptor == SPICE_ROPD_OP_PUT);
+    CHECK(c.srcArea == all);
+    REQUIRE(c.srcBitmap);
+    const Bitmap& bm = std::get<Bitmap>(c.srcBitmap->payload);
+    CHECK(bm.format == SPICE_BITMAP_FMT_32BIT);
+    CHECK(bm.x == 1920);
+    CHECK(bm.y == 1080);
+    CHECK((bm.flags & QXL_BITMAP_TOP_DOWN) != 0);
+    REQUIRE(bm.data.size() == size_t{1080} * bm.stride);
+    pictures.push_back(&bm.data);
+  }
+  for (size_t i = 1; i < pictures.size(); ++i)
+    CHECK(*pictures[i] != *pictures[i - 1]);
+  // Not one colour: the picture has content a codec or a copy could get wrong.
+  std::set<uint32_t> distinct;
+  for (size_t at = 0; at + 4 <= pictures[0]->size(); at += 4 * 997) {
+    uint32_t v;
+    std::memcpy(&v, pictures[0]->data() + at, 4);
+    distinct.insert(v);
+  }
+  CHECK(distinct.size() > 100);
+  checkRoundTrip({actions.begin(), actions.begin() + 2});
+  CHECK(makeScenario("fullhd", {})->commandsPerSecond() == 30);
+  ScenarioOptions fast;
+  fast.rate = 60;
+  CHECK(makeScenario("fullhd", fast)->commandsPerSecond() == 60);
+}
+
+TEST_CASE("flash: full-screen solid fills, never two equal colours in a row, unpaced",
+          "[scenario]") {
+  ScenarioOptions options;
+  options.maxCommands = 20000;
+  auto actions = collect("flash", options);
+  CHECK(commandCount(actions) == 20000);
+  checkOnePrimaryThenCommands(actions, 1024, 768);
+  StreamChecker checker;
+  checkStream(actions, checker);
+  std::optional<uint32_t> previous;
+  std::set<uint32_t> colors;
+  for (size_t i = 1; i < actions.size(); ++i) {
+    INFO("update " << i);
+    const Drawable& d = drawableOf(actions[i]);
+    REQUIRE(d.type == QXL_DRAW_FILL);
+    CHECK(d.surfaceId == 0);
+    CHECK(d.bbox == Rect{0, 0, 768, 1024});
+    CHECK(d.clip.type == SPICE_CLIP_TYPE_NONE);
+    const Fill& f = std::get<Fill>(d.payload);
+    REQUIRE(f.brush.type == SPICE_BRUSH_TYPE_SOLID);
+    CHECK(f.ropDescriptor == SPICE_ROPD_OP_PUT);
+    CHECK(!f.mask.bitmap);
+    CHECK(f.brush.color <= 0xffffff);
+    if (previous)
+      REQUIRE(f.brush.color != *previous);
+    previous = f.brush.color;
+    colors.insert(f.brush.color);
+  }
+  CHECK(colors.size() > 19000);  // a sequence, not two alternating colours
+  checkRoundTrip({actions.begin(), actions.begin() + 50});
+  CHECK(makeScenario("flash", {})->commandsPerSecond() == 0);
+  ScenarioOptions paced;
+  paced.rate = 75;
+  CHECK(makeScenario("flash", paced)->commandsPerSecond() == 75);
+}
+
+}  // namespace spicebox::guestsim

@@ -1350,10 +1350,159 @@ class StressScenario final : public QueuedScenario {
   std::vector<Surface> live_;
 };
 
+// ---------------------------------------------------------------- small-fills, fullhd, flash
+// Latency and tear workloads: one command per update, so that --stamps (a stamp after every
+// command) stamps every update, and the client's picture after stamp n is update n.
+
+// A 64-bit mix of `x` (splitmix64's finaliser): a cheap hash that spreads consecutive numbers.
+uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// small-fills: each update one DRAW_FILL of a solid 8..64 pixel rectangle at a seeded random
+// place and colour on a 1024x768 primary. Many small damages: what a typing or blinking guest
+// sends, where latency is all per-update overhead.
+class SmallFillsScenario final : public QueuedScenario {
+ public:
+  explicit SmallFillsScenario(const ScenarioOptions& options)
+      : QueuedScenario(options),
+        rng_(options.seed),
+        rate_(options.rate > 0 ? options.rate : DEFAULT_RATE) {}
+  double commandsPerSecond() const override { return rate_; }
+
+  static constexpr double DEFAULT_RATE = 200;
+  static constexpr uint32_t W = 1024, H = 768;
+  static constexpr uint32_t MIN_SIDE = 8, MAX_SIDE = 64;
+
+ private:
+  uint32_t below(uint32_t n) { return static_cast<uint32_t>(rng_() % n); }
+
+  bool refill() override {
+    if (!started_) {
+      started_ = true;
+      push(Builder::createPrimary(W, H));
+      return true;
+    }
+    const uint32_t w = MIN_SIDE + below(MAX_SIDE - MIN_SIDE + 1);
+    const uint32_t h = MIN_SIDE + below(MAX_SIDE - MIN_SIDE + 1);
+    const Rect r =
+        rectXYWH(int32_t(below(W - w + 1)), int32_t(below(H - h + 1)), int32_t(w), int32_t(h));
+    push(Builder::fill(0, r, Builder::solid(static_cast<uint32_t>(rng_()) & 0xffffff)));
+    return true;
+  }
+
+  std::mt19937_64 rng_;
+  double rate_;
+  bool started_ = false;
+};
+
+// fullhd: a 1920x1080 primary; each update one full-screen DRAW_COPY of a 1920x1080 32 bpp
+// bitmap whose content differs per update: diagonal colour bands shifted 8 pixels right per
+// update (period W / 8 = 240 updates). Each row is one memcpy from a precomputed band twice the
+// width, so an update's 8 MiB cost about as much as copying them (well under 2 ms on a
+// desktop). Guest memory: each command holds an 8 MiB bitmap in the RAM BAR's command area until
+// released, and the primary takes 8 MiB of VRAM; guestsim's default 64 MiB BARs hold that (about
+// six updates in flight), so the defaults need no change.
+class FullHdScenario final : public QueuedScenario {
+ public:
+  explicit FullHdScenario(const ScenarioOptions& options)
+      : QueuedScenario(options),
+        rate_(options.rate > 0 ? options.rate : DEFAULT_RATE),
+        band_(size_t{W} * 2 * 4) {
+    for (uint32_t i = 0; i < W * 2; ++i) {
+      const uint32_t x = i % W;
+      const uint32_t r = x * 255 / (W - 1), g = 255 - r, b = (x / 4) & 0xff;
+      const uint32_t pixel = r << 16 | g << 8 | b;
+      for (uint32_t k = 0; k < 4; ++k)
+        band_[size_t{i} * 4 + k] = static_cast<uint8_t>(pixel >> (8 * k));
+    }
+  }
+  double commandsPerSecond() const override { return rate_; }
+
+  static constexpr double DEFAULT_RATE = 30;
+  static constexpr uint32_t W = 1920, H = 1080;
+  static constexpr uint32_t SHIFT_PER_UPDATE = 8;
+
+ private:
+  bool refill() override {
+    if (!started_) {
+      started_ = true;
+      push(Builder::createPrimary(W, H));
+      return true;
+    }
+    Image img;
+    img.id = nextImageId_++;
+    img.type = SPICE_IMAGE_TYPE_BITMAP;
+    img.width = W;
+    img.height = H;
+    Bitmap& bm = img.payload.emplace<Bitmap>();
+    bm.format = SPICE_BITMAP_FMT_32BIT;
+    bm.flags = QXL_BITMAP_TOP_DOWN;
+    bm.x = W;
+    bm.y = H;
+    bm.stride = W * 4;
+    bm.data.reserve(size_t{H} * bm.stride);
+    const uint64_t shift = update_ * SHIFT_PER_UPDATE;
+    for (uint32_t y = 0; y < H; ++y) {
+      // Row y starts `offset` pixels into the band: the bands run diagonally and move right.
+      const size_t offset = W - 1 - (shift + y) % W;
+      const auto from = band_.begin() + static_cast<std::ptrdiff_t>(offset * 4);
+      bm.data.insert(bm.data.end(), from, from + std::ptrdiff_t{W} * 4);
+    }
+    ++update_;
+    const Rect all = rectXYWH(0, 0, W, H);
+    push(Builder::copy(0, all, std::move(img), all));
+    return true;
+  }
+
+  double rate_;
+  std::vector<uint8_t> band_;  // 2 * W pixels, x8r8g8b8 little endian
+  bool started_ = false;
+  uint64_t update_ = 0;
+  uint64_t nextImageId_ = 1;
+};
+
+// flash: a 1024x768 primary; each update one full-screen DRAW_FILL of one solid colour, never the
+// previous update's (a hash of the seed and the update number; a repeat is flipped in its top
+// bit). The tear test's workload: every whole picture the device shows is one colour, so a
+// picture with two colours was torn. Default rate: as fast as the device takes them.
+class FlashScenario final : public QueuedScenario {
+ public:
+  explicit FlashScenario(const ScenarioOptions& options)
+      : QueuedScenario(options), seed_(options.seed), rate_(options.rate) {}
+  double commandsPerSecond() const override { return rate_; }
+
+  static constexpr uint32_t W = 1024, H = 768;
+
+ private:
+  bool refill() override {
+    if (!started_) {
+      started_ = true;
+      push(Builder::createPrimary(W, H));
+      return true;
+    }
+    uint32_t color = static_cast<uint32_t>(mix64(seed_ * 0x100000001b3ull + update_++)) & 0xffffff;
+    if (previous_ && color == *previous_)
+      color ^= 0x800000;
+    previous_ = color;
+    push(Builder::fill(0, rectXYWH(0, 0, W, H), Builder::solid(color)));
+    return true;
+  }
+
+  uint64_t seed_;
+  double rate_;
+  bool started_ = false;
+  uint64_t update_ = 0;
+  std::optional<uint32_t> previous_;
+};
+
 }  // namespace
 
 std::vector<std::string> scenarioNames() {
-  return {"desktop", "all-draws", "stress"};
+  return {"desktop", "all-draws", "stress", "small-fills", "fullhd", "flash"};
 }
 
 std::unique_ptr<Scenario> makeScenario(std::string_view name, const ScenarioOptions& options) {
@@ -1365,6 +1514,15 @@ std::unique_ptr<Scenario> makeScenario(std::string_view name, const ScenarioOpti
   }
   if (name == "stress") {
     return std::make_unique<StressScenario>(options);
+  }
+  if (name == "small-fills") {
+    return std::make_unique<SmallFillsScenario>(options);
+  }
+  if (name == "fullhd") {
+    return std::make_unique<FullHdScenario>(options);
+  }
+  if (name == "flash") {
+    return std::make_unique<FlashScenario>(options);
   }
   std::string known;
   for (const std::string& n : scenarioNames()) {

@@ -24,9 +24,12 @@ namespace spicebox::guestsim {
 using GuestAction = std::variant<Command, IoEvent>;
 
 struct ScenarioOptions {
-  uint64_t seed = 1;         // stress: the random sequence; same seed, same stream
-  uint64_t maxCommands = 0;  // 0: the scenario's own length (desktop and stress: unbounded)
-  double rate = 0;           // stress: commands per second (--rate); 0: the scenario's default
+  // stress, small-fills, flash: the random sequence (flash: its colours); same seed, same stream
+  uint64_t seed = 1;
+  uint64_t maxCommands = 0;  // 0: the scenario's own length (all but all-draws: unbounded)
+  // stress, small-fills, fullhd, flash: commands per second (--rate); 0: the scenario's default
+  // (stress 2000, small-fills 200, fullhd 30, flash 0 = as fast as the device takes them)
+  double rate = 0;
   // Only what libspice-server's canvas renders as spicebox does, for recordings the oracle
   // must render (--reference-formats); spicebox itself renders all of it. Bitmap sources in
   // 1 bpp and 4 bpp big-endian, 8, 16, 24, 32 bpp and RGBA (it aborts on 1BIT_LE, 4BIT_LE and
@@ -39,15 +42,22 @@ struct ScenarioOptions {
 class Scenario {
  public:
   virtual ~Scenario() = default;
-  // The next action, or nullopt at the end (all-draws ends by itself; desktop and stress run
-  // until maxCommands if set, else forever).
+  // The next action, or nullopt at the end (all-draws ends by itself; the others run until
+  // maxCommands if set, else forever).
   virtual std::optional<GuestAction> next() = 0;
   // Pacing hint for the driver, in commands per second; 0: as fast as the device takes them.
   virtual double commandsPerSecond() const = 0;
 };
 
-// Names: "desktop", "all-draws", "stress". Throws std::invalid_argument with the list of known
-// names for anything else.
+// Names: "desktop", "all-draws", "stress", and the latency / tear workloads (one command per
+// update, a 1024x768 or 1920x1080 primary first):
+//   "small-fills": a DRAW_FILL of a solid 8..64 pixel square-ish rectangle, seeded place and
+//                  colour, 200 updates/s by default;
+//   "fullhd":      a full-screen DRAW_COPY of a 1920x1080 32 bpp bitmap that changes every update,
+//                  30 updates/s by default;
+//   "flash":       a full-screen solid DRAW_FILL, never the previous update's colour, as fast as
+//                  the device takes them by default.
+// Throws std::invalid_argument with the list of known names for anything else.
 std::unique_ptr<Scenario> makeScenario(std::string_view name, const ScenarioOptions& options);
 std::vector<std::string> scenarioNames();
 
