@@ -27,6 +27,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -35,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "base/shm-protocol.h"
 #include "netproxy/link.h"
 #include "netproxy/messages.h"
 #include "netproxy/wire.h"
@@ -57,13 +59,19 @@ struct Segment {
   base::Fd fd;
   uint8_t* map = nullptr;
 
-  Segment(uint32_t width, uint32_t height, uint64_t generation) {
+  // `twoBuffers`: a second buffer after the first (layout.backOffset), as the broker's segments
+  // have; the picture is drawn into buffer 0.
+  Segment(uint32_t width, uint32_t height, uint64_t generation, bool twoBuffers = false) {
     layout.generation = generation;
     layout.width = width;
     layout.height = height;
     layout.stride = width * 4 + 12;
     layout.offset = 4096;
     layout.size = layout.offset + uint64_t{layout.stride} * height;
+    if (twoBuffers) {
+      layout.backOffset = (layout.size + 4095) / 4096 * 4096;
+      layout.size = layout.backOffset + uint64_t{layout.stride} * height;
+    }
     fd = base::Fd(::memfd_create("server-test-segment", MFD_CLOEXEC | MFD_ALLOW_SEALING));
     REQUIRE(fd);
     REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(layout.size)) == 0);
@@ -91,6 +99,11 @@ struct Segment {
   }
   void setPixel(uint32_t x, uint32_t y, uint32_t v) {
     std::memcpy(map + layout.offset + size_t{y} * layout.stride + size_t{x} * 4, &v, 4);
+  }
+  // Buffer 1 takes buffer 0's picture (as the renderer copies forward before drawing there).
+  void copyToBack() {
+    std::memcpy(map + layout.backOffset, map + layout.offset,
+                size_t{layout.stride} * layout.height);
   }
   // A read-only descriptor of the same memory, as the broker passes it.
   base::Fd readOnly() const {
@@ -422,23 +435,50 @@ TEST_CASE("after a new display and a frame, a new client sees the new pixels",
 // (or the end of the connection) are there.
 class RawClient {
  public:
-  RawClient(Harness& h) : h_(h) {
-    fd_ = base::Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    REQUIRE(fd_);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(h.port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  // Over TCP, or over the harness's unix socket (where descriptors can come with the bytes).
+  explicit RawClient(Harness& h, bool overUnix = false) : h_(h) {
+    if (overUnix) {
+      fd_ = base::Fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      REQUIRE(fd_);
+      sockaddr_un un{};
+      un.sun_family = AF_UNIX;
+      std::strncpy(un.sun_path, h.unixPath.c_str(), sizeof un.sun_path - 1);
+      REQUIRE(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&un), sizeof un) == 0);
+    } else {
+      fd_ = base::Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      REQUIRE(fd_);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(h.port);
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      REQUIRE(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    }
     REQUIRE(uv_poll_init(h.loop.get(), poll_.get(), fd_.get()) == 0);
     poll_->data = this;
     uv_poll_start(poll_.get(), UV_READABLE, [](uv_poll_t* p, int, int) {
       auto* self = static_cast<RawClient*>(p->data);
       uint8_t buf[65536];
-      const ssize_t n = ::recv(self->fd_.get(), buf, sizeof buf, MSG_DONTWAIT);
-      if (n > 0)
+      iovec iov{buf, sizeof buf};
+      alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      const ssize_t n = ::recvmsg(self->fd_.get(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      if (n > 0) {
+        // Descriptors are kept with the stream range of the read they came with (the kernel
+        // hands them to the read that takes the first byte sent with them).
+        const size_t from = self->streamOffset_ + self->received_.size();
+        for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
+          if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+            for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
+              int fd = -1;
+              std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+              self->fds_.push_back({from, from + static_cast<size_t>(n), base::Fd(fd)});
+            }
         self->received_.insert(self->received_.end(), buf, buf + n);
-      else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
         self->eof_ = true;
         uv_poll_stop(p);
       }
@@ -466,10 +506,19 @@ class RawClient {
     consumed_ += n;
     if (consumed_ > (1u << 20)) {  // keep only what is not taken yet
       received_.erase(received_.begin(), received_.begin() + static_cast<ptrdiff_t>(consumed_));
+      streamOffset_ += consumed_;
       consumed_ = 0;
     }
     return out;
   }
+  // Where the next unread byte is in the whole stream.
+  size_t position() const { return streamOffset_ + consumed_; }
+  // Descriptors received so far, with the stream range [from, to) of the read each came with.
+  struct Received {
+    size_t from = 0, to = 0;
+    base::Fd fd;
+  };
+  std::vector<Received>& descriptors() { return fds_; }
   // Waits for the server to end the connection; what it sent before is kept.
   void awaitEnd() {
     h_.loop.runUntil([&] { return eof_; });
@@ -523,18 +572,24 @@ class RawClient {
 
   // The link stage with ticketing disabled (any 128 bytes are the ticket). Returns the error
   // of the reply, or of the 4-byte result.
-  uint32_t link(uint8_t channelType, uint32_t connectionId, bool mini = true) {
+  uint32_t link(uint8_t channelType, uint32_t connectionId, bool mini = true,
+                uint32_t channelCaps = 0) {
     std::vector<uint32_t> common;
     setCap(common, SPICE_COMMON_CAP_PROTOCOL_AUTH_SELECTION);
     setCap(common, SPICE_COMMON_CAP_AUTH_SPICE);
     if (mini)
       setCap(common, SPICE_COMMON_CAP_MINI_HEADER);
     wire::Writer w;
-    w.u32(SPICE_MAGIC).u32(2).u32(2).u32(18 + 4);
-    w.u32(connectionId).u8(channelType).u8(0).u32(1).u32(0).u32(18).u32(common[0]);
+    const uint32_t channelWords = channelCaps ? 1 : 0;
+    w.u32(SPICE_MAGIC).u32(2).u32(2).u32(18 + 4 + 4 * channelWords);
+    w.u32(connectionId).u8(channelType).u8(0).u32(1).u32(channelWords).u32(18).u32(common[0]);
+    if (channelCaps)
+      w.u32(channelCaps);
     send(w.data());
     return finishLink(mini);
   }
+  // The server's channel capabilities in its link reply (word 0), after link().
+  uint32_t serverChannelCaps() const { return serverChannelCaps_; }
   uint32_t finishLink(bool mini) {
     const auto head = take(16);
     wire::Reader h(head);
@@ -546,6 +601,16 @@ class RawClient {
     const uint32_t error = r.u32();
     if (error != SPICE_LINK_ERR_OK)
       return error;
+    // pub_key[162], num_common_caps, num_channel_caps, caps_offset (from the reply's start)
+    r.bytes(SPICE_TICKET_PUBKEY_BYTES);
+    const uint32_t commonWords = r.u32(), channelWords = r.u32(), capsOffset = r.u32();
+    serverChannelCaps_ = 0;
+    if (channelWords > 0) {
+      const size_t at = size_t{capsOffset} + 4 * size_t{commonWords};
+      REQUIRE(at + 4 <= reply.size());
+      wire::Reader caps{std::span<const uint8_t>(reply).subspan(at)};
+      serverChannelCaps_ = caps.u32();
+    }
     wire::Writer auth;
     auth.u32(SPICE_COMMON_CAP_AUTH_SPICE);
     send(auth.data());
@@ -573,6 +638,9 @@ class RawClient {
   bool eof_ = false;
   bool mini_ = true;
   uint64_t serial_ = 0;
+  size_t streamOffset_ = 0;  // bytes dropped from received_ before its first
+  std::vector<Received> fds_;
+  uint32_t serverChannelCaps_ = 0;
   bool autoAck_ = true;
   uint32_t ackWindow_ = 0, unacked_ = 0;
 };
@@ -1544,6 +1612,340 @@ TEST_CASE("setDisplay refuses a segment that is not sealed against shrinking",
   // The same layout in a sealed segment (as the broker makes them) is taken.
   Segment sealed(SIDE, SIDE, 1);
   CHECK_FALSE(h.server->setDisplay(sealed.readOnly(), sealed.layout));
+}
+
+// --- The shared-memory extension (base/shm-protocol.h) ---
+
+constexpr uint32_t bit(uint32_t cap) {
+  return 1u << cap;
+}
+
+// A segment with two buffers, as the broker makes them: buffer 0 holds the Segment's picture,
+// buffer 1 a copy of it (the renderer's state right after a flip).
+struct TwoBufferSegment : Segment {
+  TwoBufferSegment(uint32_t width, uint32_t height, uint64_t generation)
+      : Segment(width, height, generation, /*spare=*/true) {}
+};
+
+Settings shmSettings(std::vector<uint32_t> uids) {
+  Settings s = offSettings();
+  s.shmUids = std::move(uids);
+  return s;
+}
+
+// Main and display channels, the display linked with `caps` (word 0 of its channel caps).
+struct ShmClient {
+  RawClient main, display;
+  ShmClient(Harness& h, uint32_t caps, bool overUnix = true) : main(h), display(h, overUnix) {
+    const uint32_t session = main.linkMain();
+    REQUIRE(display.link(SPICE_CHANNEL_DISPLAY, session, true, caps) == SPICE_LINK_ERR_OK);
+  }
+  // The next display message that is not SET_ACK, and the stream offset its header began at.
+  RawClient::Message next(size_t* start = nullptr) {
+    for (;;) {
+      const size_t at = display.position();
+      RawClient::Message m = display.next();
+      if (m.type == SPICE_MSG_SET_ACK)
+        continue;
+      if (start)
+        *start = at;
+      return m;
+    }
+  }
+  void reply(uint32_t segmentId, uint32_t accepted, uint32_t flags) {
+    wire::Writer w;
+    w.u32(segmentId).u32(accepted).u32(flags);
+    display.sendMessage(shm::MSGC_SHM_REPLY, w.data());
+  }
+  void handled(uint64_t frame) {
+    wire::Writer w;
+    w.u64(frame);
+    display.sendMessage(shm::MSGC_SHM_DAMAGE_HANDLED, w.data());
+  }
+};
+
+struct Offer {
+  uint32_t segmentId = 0, flags = 0;
+  uint64_t size = 0;
+};
+Offer readOffer(const RawClient::Message& m) {
+  REQUIRE(m.type == shm::MSG_SHM_OFFER);
+  REQUIRE(m.body.size() == shm::SHM_OFFER_SIZE);
+  wire::Reader r(m.body);
+  Offer o;
+  o.segmentId = r.u32();
+  o.size = r.u64();
+  o.flags = r.u32();
+  return o;
+}
+
+struct ShmDamage {
+  uint64_t offset = 0, frame = 0;
+  std::vector<Rect> rects;
+};
+ShmDamage readDamage(const RawClient::Message& m) {
+  REQUIRE(m.type == shm::MSG_SHM_DAMAGE);
+  wire::Reader r(m.body);
+  REQUIRE(r.u32() == 0);  // surface id
+  ShmDamage d;
+  d.offset = r.u64();
+  d.frame = r.u64();
+  const uint32_t count = r.u32();
+  for (uint32_t i = 0; i < count; ++i) {
+    Rect rect;
+    rect.top = r.i32();
+    rect.left = r.i32();
+    rect.bottom = r.i32();
+    rect.right = r.i32();
+    d.rects.push_back(rect);
+  }
+  REQUIRE(r.ok());
+  REQUIRE(r.remaining() == 0);
+  return d;
+}
+
+TEST_CASE("a local viewer of an allowed user gets the segment read-only, then only damage",
+          "[server][shm]") {
+  Harness h(shmSettings({::getuid()}));
+  TwoBufferSegment seg(64, 48, 1);
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout, 0));
+  ShmClient c(h, bit(shm::CAP_SHARED_MEMORY));
+  CHECK((c.display.serverChannelCaps() & bit(shm::CAP_SHARED_MEMORY)) != 0);
+
+  size_t start = 0;
+  const Offer offer = readOffer(c.next(&start));
+  CHECK(offer.size == seg.layout.size);
+  CHECK(offer.flags == 0);  // no tear-free asked for
+  // Exactly one descriptor, with the read that took the offer's first byte.
+  REQUIRE(c.display.descriptors().size() == 1);
+  CHECK(c.display.descriptors()[0].from <= start);
+  CHECK(c.display.descriptors()[0].to > start);
+  const int fd = c.display.descriptors()[0].fd.get();
+  CHECK((::fcntl(fd, F_GETFL) & O_ACCMODE) == O_RDONLY);
+  CHECK((::fcntl(fd, F_GET_SEALS) & (F_SEAL_SHRINK | F_SEAL_GROW)) ==
+        (F_SEAL_SHRINK | F_SEAL_GROW));
+  CHECK(::mmap(nullptr, offer.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED);
+  void* view = ::mmap(nullptr, offer.size, PROT_READ, MAP_SHARED, fd, 0);
+  REQUIRE(view != MAP_FAILED);
+  auto pixelIn = [&](uint64_t offset, uint32_t x, uint32_t y) {
+    uint32_t v;
+    std::memcpy(&v, static_cast<uint8_t*>(view) + offset + size_t{y} * seg.layout.stride + x * 4,
+                4);
+    return v;
+  };
+  CHECK(pixelIn(seg.layout.offset, 7, 9) == seg.pixel(7, 9));
+
+  c.reply(offer.segmentId, 1, 0);
+  const RawClient::Message create = c.next();
+  REQUIRE(create.type == shm::MSG_SURFACE_CREATE_SHM);
+  REQUIRE(create.body.size() == shm::SURFACE_CREATE_SHM_SIZE);
+  wire::Reader r(create.body);
+  CHECK(r.u32() == 0);
+  CHECK(r.u32() == 64);
+  CHECK(r.u32() == 48);
+  CHECK(r.u32() == SPICE_SURFACE_FMT_32_xRGB);
+  CHECK(r.u32() == SPICE_SURFACE_FLAGS_PRIMARY);
+  CHECK(r.u32() == offer.segmentId);
+  CHECK(r.u64() == seg.layout.offset);
+  CHECK(r.u32() == seg.layout.stride);
+  const ShmDamage first = readDamage(c.next());
+  CHECK(first.offset == seg.layout.offset);
+  CHECK(first.frame == 1);
+  CHECK(first.rects == std::vector<Rect>{Rect{0, 0, 48, 64}});
+  h.loop.runUntil([&] { return h.lastCounts.shm == 1; });
+  CHECK(h.lastCounts.tearFree == 0);
+
+  // A batch drawn into buffer 1: the damage names it, with every changed rect (hints too).
+  seg.copyToBack();
+  const std::vector<Hint> hints = {SolidFill{0x123456, {Rect{1, 2, 3, 4}}},
+                                   CopyBits{0, 0, Rect{10, 10, 20, 20}}};
+  const std::vector<Rect> damage = {Rect{30, 5, 40, 90}};  // clipped to the picture
+  h.server->frame(1, 1, hints, damage);
+  const ShmDamage second = readDamage(c.next());
+  CHECK(second.offset == seg.layout.backOffset);
+  CHECK(second.frame == 2);
+  CHECK(second.rects ==
+        std::vector<Rect>{Rect{1, 2, 3, 4}, Rect{10, 10, 20, 20}, Rect{30, 5, 40, 64}});
+  // No image, no draw: only the two descriptors' worth of shared memory.
+  h.loop.spin();
+  CHECK_FALSE(c.display.hasMessage());
+  CHECK(c.display.descriptors().size() == 1);
+  ::munmap(view, offer.size);
+}
+
+TEST_CASE("no offer over TCP, nor to another user: images, whatever the client advertises",
+          "[server][shm]") {
+  const bool overUnix = GENERATE(false, true);
+  // Over TCP our own user is allowed; over the unix socket only someone else is.
+  Harness h(shmSettings({overUnix ? ::getuid() + 1 : ::getuid()}));
+  Segment seg(32, 16, 1);
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout));
+  ShmClient c(h, bit(shm::CAP_SHARED_MEMORY) | bit(shm::CAP_TEAR_FREE), overUnix);
+  CHECK((c.display.serverChannelCaps() & bit(shm::CAP_SHARED_MEMORY)) == 0);
+  CHECK(c.next().type == SPICE_MSG_DISPLAY_SURFACE_CREATE);
+  RawClient::Message m = c.next();
+  while (m.type != SPICE_MSG_DISPLAY_MARK) {
+    CHECK(m.type != shm::MSG_SHM_OFFER);
+    m = c.next();
+  }
+  CHECK(c.display.descriptors().empty());
+  CHECK(h.lastCounts.shm == 0);
+}
+
+TEST_CASE("a viewer that declines the offer gets the normal display", "[server][shm]") {
+  Harness h(shmSettings({::getuid()}));
+  Segment seg(32, 16, 1);
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout));
+  ShmClient c(h, bit(shm::CAP_SHARED_MEMORY));
+  const Offer offer = readOffer(c.next());
+  // Nothing else comes before the answer.
+  h.loop.spin();
+  CHECK_FALSE(c.display.hasMessage());
+  c.reply(offer.segmentId, 0, 0);
+  const RawClient::Message create = c.next();
+  REQUIRE(create.type == SPICE_MSG_DISPLAY_SURFACE_CREATE);
+  Canvas canvas;
+  REQUIRE(canvas.apply(create));
+  while (!canvas.marked)
+    REQUIRE(canvas.apply(c.next()));
+  for (uint32_t y = 0; y < 16; ++y)
+    for (uint32_t x = 0; x < 32; ++x)
+      REQUIRE((canvas.pixels[y * 32 + x] & 0xffffff) == (seg.pixel(x, y) & 0xffffff));
+  CHECK(h.lastCounts.shm == 0);
+}
+
+TEST_CASE("tear-free: the renderer's go-ahead waits for the viewer's acknowledgement",
+          "[server][shm]") {
+  LogWatch log;
+  Harness h(shmSettings({::getuid()}));
+  TwoBufferSegment seg(64, 48, 1);
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout, 0));
+  ShmClient c(h, bit(shm::CAP_SHARED_MEMORY) | bit(shm::CAP_TEAR_FREE));
+  const Offer offer = readOffer(c.next());
+  CHECK(offer.flags == shm::OFFER_TEAR_FREE);
+  c.reply(offer.segmentId, 1, shm::REPLY_TEAR_FREE);
+  REQUIRE(c.next().type == shm::MSG_SURFACE_CREATE_SHM);
+  const ShmDamage first = readDamage(c.next());
+  h.loop.runUntil([&] { return h.lastCounts.tearFree == 1; });
+
+  // The viewer has not acknowledged frame 1: a sync is held. The server answers the same
+  // client's main channel meanwhile (it is not blocked), and still holds it.
+  bool synced = false;
+  h.server->sync([&] { synced = true; });
+  wire::Writer mode;
+  mode.u16(SPICE_MOUSE_MODE_SERVER);
+  c.main.sendMessage(SPICE_MSGC_MAIN_MOUSE_MODE_REQUEST, mode.data());
+  c.main.nextOf(SPICE_MSG_MAIN_MOUSE_MODE);
+  CHECK_FALSE(synced);
+  c.handled(first.frame);
+  h.loop.runUntil([&] { return synced; });
+
+  // Frame 2 in buffer 1, acknowledged: the next sync is answered after the ack.
+  seg.copyToBack();
+  const std::vector<Rect> damage = {Rect{0, 0, 8, 8}};
+  h.server->frame(1, 1, {}, damage);
+  const ShmDamage second = readDamage(c.next());
+  CHECK(second.offset == seg.layout.backOffset);
+  synced = false;
+  h.server->sync([&] { synced = true; });
+  c.handled(second.frame);
+  h.loop.runUntil([&] { return synced; });
+
+  // Frame 3 never acknowledged: the go-ahead comes at the timeout, and the viewer is no longer
+  // tear-free (it is told nothing; it may now see tearing).
+  h.server->frame(1, 0, {}, damage);
+  readDamage(c.next());
+  synced = false;
+  h.server->sync([&] { synced = true; });
+  h.loop.runUntil([&] { return synced; });
+  CHECK(log.saw("did not acknowledge frame 3"));
+  h.loop.runUntil([&] { return h.lastCounts.tearFree == 0; });
+  CHECK(h.lastCounts.shm == 1);
+}
+
+TEST_CASE("hostile shared-memory messages end their connection", "[server][shm][hostile]") {
+  Harness h(shmSettings({::getuid()}));
+  TwoBufferSegment seg(32, 16, 1);
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout, 0));
+  SECTION("a reply to no offer (TCP)") {
+    ShmClient c(h, bit(shm::CAP_SHARED_MEMORY), false);
+    c.reply(1, 1, 0);
+    c.display.awaitEnd();
+  }
+  SECTION("a reply naming another segment") {
+    ShmClient c(h, bit(shm::CAP_SHARED_MEMORY));
+    const Offer offer = readOffer(c.next());
+    c.reply(offer.segmentId + 1, 1, 0);
+    c.display.awaitEnd();
+  }
+  SECTION("accepted = 2") {
+    ShmClient c(h, bit(shm::CAP_SHARED_MEMORY));
+    const Offer offer = readOffer(c.next());
+    c.reply(offer.segmentId, 2, 0);
+    c.display.awaitEnd();
+  }
+  SECTION("unknown reply flags") {
+    ShmClient c(h, bit(shm::CAP_SHARED_MEMORY));
+    const Offer offer = readOffer(c.next());
+    c.reply(offer.segmentId, 1, 0x80);
+    c.display.awaitEnd();
+  }
+  SECTION("a truncated reply") {
+    ShmClient c(h, bit(shm::CAP_SHARED_MEMORY));
+    readOffer(c.next());
+    const uint8_t shortBody[5] = {1, 0, 0, 0, 1};
+    c.display.sendMessage(shm::MSGC_SHM_REPLY, shortBody);
+    c.display.awaitEnd();
+  }
+  SECTION("acknowledging a frame never sent") {
+    ShmClient c(h, bit(shm::CAP_SHARED_MEMORY) | bit(shm::CAP_TEAR_FREE));
+    const Offer offer = readOffer(c.next());
+    c.reply(offer.segmentId, 1, shm::REPLY_TEAR_FREE);
+    REQUIRE(c.next().type == shm::MSG_SURFACE_CREATE_SHM);
+    readDamage(c.next());
+    c.handled(99);
+    c.display.awaitEnd();
+  }
+  SECTION("descriptors a client sends are never taken in") {
+    ShmClient c(h, bit(shm::CAP_SHARED_MEMORY));
+    readOffer(c.next());
+    // Whether any descriptor of this process (the server's included) is the client's memfd.
+    auto holdsClientMemfd = [] {
+      for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+        std::error_code error;
+        const auto target = std::filesystem::read_symlink(e.path(), error);
+        if (!error && target.string().find("sent-by-client") != std::string::npos)
+          return true;
+      }
+      return false;
+    };
+    base::Fd spare(::memfd_create("sent-by-client", MFD_CLOEXEC));
+    REQUIRE(spare);
+    wire::Writer w;
+    w.u32(0).u32(0).u32(0);
+    const std::vector<uint8_t> bytes = wire::frameMessage(true, 99, shm::MSGC_SHM_REPLY, w.data());
+    iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    const int sent = spare.get();
+    std::memcpy(CMSG_DATA(cm), &sent, sizeof sent);
+    REQUIRE(::sendmsg(c.display.fd(), &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()));
+    spare.reset();
+    // The reply (segment 0) is refused; the descriptor went nowhere (the server reads with
+    // read(2), which takes no ancillary data: the kernel closes it).
+    c.display.awaitEnd();
+    h.loop.spin();
+    CHECK_FALSE(holdsClientMemfd());
+  }
+  requireStillServing(h);
 }
 
 }  // namespace
