@@ -3,6 +3,7 @@
 #include "client/canvas.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace spicebox::client {
 
@@ -79,6 +80,23 @@ void Canvas::blit(const Rect& box, std::span<const Rect> clip, std::span<const u
       }
     }
   }
+}
+
+bool Canvas::load(const Rect& r, std::span<const uint8_t> picture, size_t stride) {
+  size_t row = size_t{width_} * 4;
+  // The last row ends at (height - 1) * stride + row: checked without overflow.
+  if (width_ == 0 || height_ == 0 || stride < row || picture.size() < row ||
+      (picture.size() - row) / stride < height_ - 1)
+    return false;
+  Rect surface{0, 0, static_cast<int32_t>(height_), static_cast<int32_t>(width_)};
+  Rect c = intersect(r, surface);
+  if (c.empty())
+    return true;
+  size_t bytes = size_t(c.right - c.left) * 4;
+  for (int32_t y = c.top; y < c.bottom; ++y)
+    std::memcpy(pixels_.data() + size_t(y) * width_ + size_t(c.left),
+                picture.data() + size_t(y) * stride + size_t(c.left) * 4, bytes);
+  return true;
 }
 
 }  // namespace spicebox::client

@@ -45,6 +45,10 @@ class Canvas {
   // Copies `srcArea` of a srcWidth x srcHeight image to `box` (same size; the caller checks).
   void blit(const Rect& box, std::span<const Rect> clip, std::span<const uint32_t> src,
             uint32_t srcWidth, uint32_t srcHeight, const Rect& srcArea);
+  // Copies `r` (clipped to the surface) from a picture of this canvas's size, x8r8g8b8 little
+  // endian, whose row y starts at byte y * stride of `picture`. False, and nothing copied, when
+  // `picture` is too small for that geometry or the stride shorter than a row.
+  bool load(const Rect& r, std::span<const uint8_t> picture, size_t stride);
 
  private:
   // The parts of `box` to draw: each clip rect (or the box) intersected with box and surface.

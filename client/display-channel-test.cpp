@@ -196,3 +196,75 @@ TEST_CASE("display: SET_ACK answered with ACK_SYNC, then an ACK per window", "[d
   CHECK(got == Bytes{2, 0, 0, 0, 0, 0});
   CHECK(f.display->display().marks == 2);
 }
+
+TEST_CASE("display: libspice-server's other draws are counted, keep the cache in step",
+          "[display]") {
+  Fixture f;
+  REQUIRE_FALSE(f.deliver(SPICE_MSG_DISPLAY_SURFACE_CREATE, surfaceCreate(4, 4)));
+  // An offscreen surface 1 (flags 0), filled, then copied to the primary as a SURFACE image
+  // (descriptor, then u32 surface_id).
+  Writer offscreen;
+  offscreen.u32(1).u32(2).u32(2).u32(SPICE_SURFACE_FMT_32_xRGB).u32(0);
+  REQUIRE_FALSE(f.deliver(SPICE_MSG_DISPLAY_SURFACE_CREATE, offscreen.take()));
+  Bytes fillOffscreen = fill(0, 0, 2, 2, 0x445566);
+  fillOffscreen[0] = 1;  // surface_id 1
+  REQUIRE_FALSE(f.deliver(SPICE_MSG_DISPLAY_DRAW_FILL, fillOffscreen));
+  Bytes fromSurface = copy2x2(2, 2, 0, SPICE_IMAGE_TYPE_SURFACE, 0, {});
+  Writer sid;
+  sid.u32(1);
+  fromSurface.insert(fromSurface.end(), sid.data().begin(), sid.data().end());
+  REQUIRE_FALSE(f.deliver(SPICE_MSG_DISPLAY_DRAW_COPY, fromSurface));
+  CHECK(f.display->primary()->pixel(3, 3) == 0x445566);
+  CHECK(f.display->primary()->pixel(1, 1) == 0);
+
+  // A QUIC image (not decoded) with CACHE_ME: the draw is counted, not drawn; a later
+  // FROM_CACHE of the same id is no error.
+  Bytes quic = copy2x2(0, 0, 77, SPICE_IMAGE_TYPE_QUIC, SPICE_IMAGE_FLAGS_CACHE_ME, {});
+  REQUIRE_FALSE(f.deliver(SPICE_MSG_DISPLAY_DRAW_COPY, quic));
+  REQUIRE_FALSE(f.deliver(SPICE_MSG_DISPLAY_DRAW_COPY,
+                          copy2x2(0, 0, 77, SPICE_IMAGE_TYPE_FROM_CACHE, 0, {})));
+  CHECK(f.display->display().undecodedImages == 1);
+  CHECK(f.display->display().unsupported == 2);
+  CHECK(f.display->primary()->pixel(0, 0) == 0);
+
+  // DRAW_BLEND has DRAW_COPY's layout: its CACHE_ME bitmap is cached though not drawn.
+  Bytes blend =
+      copy2x2(0, 0, 78, SPICE_IMAGE_TYPE_BITMAP, SPICE_IMAGE_FLAGS_CACHE_ME, {9, 9, 9, 9});
+  REQUIRE_FALSE(f.deliver(SPICE_MSG_DISPLAY_DRAW_BLEND, blend));
+  CHECK(f.display->primary()->pixel(0, 0) == 0);
+  REQUIRE_FALSE(f.deliver(SPICE_MSG_DISPLAY_DRAW_COPY,
+                          copy2x2(0, 0, 78, SPICE_IMAGE_TYPE_FROM_CACHE, 0, {})));
+  CHECK(f.display->primary()->pixel(0, 0) == 9);
+  CHECK(f.display->display().unsupported == 3);
+}
+
+TEST_CASE("display: takeDamage reports what changed on the primary, once", "[display]") {
+  Fixture f;
+  REQUIRE_FALSE(f.deliver(SPICE_MSG_DISPLAY_SURFACE_CREATE, surfaceCreate(4, 4)));
+  CHECK(f.display->takeDamage() == std::vector<Rect>{{0, 0, 4, 4}});
+  CHECK(f.display->takeDamage().empty());
+  REQUIRE_FALSE(f.deliver(SPICE_MSG_DISPLAY_DRAW_FILL, fill(1, 1, 9, 2, 7)));
+  CHECK(f.display->takeDamage() == std::vector<Rect>{{1, 1, 4, 2}});
+  // More than MAX_PENDING_DAMAGE changes become their bounding rectangle.
+  for (size_t i = 0; i <= DisplayChannel::MAX_PENDING_DAMAGE; ++i)
+    REQUIRE_FALSE(
+        f.deliver(SPICE_MSG_DISPLAY_DRAW_FILL,
+                  fill(int32_t(i % 3), int32_t(i % 2), int32_t(i % 3 + 1), int32_t(i % 2 + 1), 1)));
+  CHECK(f.display->takeDamage() == std::vector<Rect>{{0, 0, 3, 2}});
+}
+
+TEST_CASE("display: surfaces cannot grow the client's memory without end", "[display][hostile]") {
+  Fixture f;
+  // 8192 x 8192 surfaces until the MAX_SURFACE_PIXELS bound refuses one.
+  Error err;
+  size_t created = 0;
+  for (uint32_t id = 0; id < 64 && !err; ++id) {
+    Writer w;
+    w.u32(id).u32(MAX_SURFACE_SIDE).u32(MAX_SURFACE_SIDE).u32(SPICE_SURFACE_FMT_32_xRGB).u32(0);
+    err = f.deliver(SPICE_MSG_DISPLAY_SURFACE_CREATE, w.take());
+    created += err ? 0 : 1;
+  }
+  REQUIRE(err);
+  CHECK_THAT(*err, Catch::Contains("pixels in all"));
+  CHECK(created == MAX_SURFACE_PIXELS / (uint64_t{MAX_SURFACE_SIDE} * MAX_SURFACE_SIDE));
+}

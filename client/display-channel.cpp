@@ -4,7 +4,9 @@
 #include <spice/enums.h>
 #include <spice/protocol.h>
 
+#include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "client/image-decode.h"
 #include "client/spice-client.h"
@@ -82,7 +84,7 @@ std::variant<DisplayChannel::Image, std::string> DisplayChannel::readImage(
   if (r.failed())
     return "image descriptor at offset " + std::to_string(offset) + " lies outside the " +
            std::to_string(body.size()) + "-byte message";
-  if (type == SPICE_IMAGE_TYPE_FROM_CACHE) {
+  if (type == SPICE_IMAGE_TYPE_FROM_CACHE || type == SPICE_IMAGE_TYPE_FROM_CACHE_LOSSLESS) {
     auto it = cache_.find(id);
     if (it == cache_.end())
       return "image FROM_CACHE with id " + std::to_string(id) + ", which is not in the cache";
@@ -139,8 +141,23 @@ std::variant<DisplayChannel::Image, std::string> DisplayChannel::readImage(
       return std::string("decoder returned a wrong pixel count");
     ++(type == SPICE_IMAGE_TYPE_LZ4 ? display_.lz4 : display_.lzRgb);
     image.pixels = std::make_shared<std::vector<uint32_t>>(std::move(px));
+  } else if (type == SPICE_IMAGE_TYPE_SURFACE) {
+    // Another surface as the source (libspice-server sends these for copies between surfaces):
+    // its pixels are borrowed, not copied; the caller copies when source and target are one.
+    uint32_t sourceId = r.u32();
+    if (r.failed())
+      return std::string("SURFACE image truncated");
+    Canvas* source = surface(sourceId);
+    if (!source)
+      return "image from surface " + std::to_string(sourceId) + ", which does not exist";
+    static const std::shared_ptr<void> none;
+    return Image{source->width(), source->height(),
+                 std::shared_ptr<const std::vector<uint32_t>>(none, &source->pixels())};
   } else {
-    return "image type " + std::to_string(type) + " (this client decodes BITMAP, LZ_RGB, LZ4)";
+    // QUIC, GLZ, JPEG, palette images: not decoded by this client. Counted; the draw is skipped
+    // (and the picture known to be incomplete), but a CACHE_ME still takes its place in the
+    // cache so that later FROM_CACHE references stay in step with the server.
+    ++display_.undecodedImages;
   }
   if (flags & SPICE_IMAGE_FLAGS_CACHE_ME) {
     auto old = cache_.find(id);
@@ -172,15 +189,65 @@ Error DisplayChannel::surfaceCreate(std::span<const uint8_t> body) {
   if (width == 0 || height == 0 || width > MAX_SURFACE_SIDE || height > MAX_SURFACE_SIDE)
     return "SURFACE_CREATE of " + std::to_string(width) + " x " + std::to_string(height) +
            " (each side 1.." + std::to_string(MAX_SURFACE_SIDE) + ")";
+  // Other formats (16 bpp, alpha-only offscreen surfaces) are kept as 32 bpp canvases: what is
+  // drawn on them is approximate, which the unsupported count says.
   if (format != SPICE_SURFACE_FMT_32_xRGB && format != SPICE_SURFACE_FMT_32_ARGB)
-    return "SURFACE_CREATE with format " + std::to_string(format) + " (this client: 32 bpp)";
+    ++display_.unsupported;
   if (!surfaces_.count(id) && surfaces_.size() >= MAX_SURFACES)
     return "more than " + std::to_string(MAX_SURFACES) + " surfaces";
+  if (Error err = reserveSurface(id, width, height))
+    return "SURFACE_CREATE: " + *err;
   surfaces_[id] = Canvas(width, height);
-  if (flags & SPICE_SURFACE_FLAGS_PRIMARY)
+  if (flags & SPICE_SURFACE_FLAGS_PRIMARY) {
     primaryId_ = id;
+    noteDamage(id, Rect{0, 0, static_cast<int32_t>(height), static_cast<int32_t>(width)});
+  }
   ++display_.surfaceCreates;
   return std::nullopt;
+}
+
+void DisplayChannel::noteDamage(uint32_t surfaceId, const Rect& box) {
+  const Canvas* p = primary();
+  if (!p || surfaceId != *primaryId_)
+    return;
+  Rect r = intersect(
+      box, Rect{0, 0, static_cast<int32_t>(p->height()), static_cast<int32_t>(p->width())});
+  if (r.empty())
+    return;
+  if (damage_.size() < MAX_PENDING_DAMAGE) {
+    damage_.push_back(r);
+    return;
+  }
+  // Too many to keep apart: one bounding rectangle stands for all of them.
+  Rect& all = damage_.front();
+  for (const Rect& d : damage_)
+    all = Rect{std::min(all.top, d.top), std::min(all.left, d.left), std::max(all.bottom, d.bottom),
+               std::max(all.right, d.right)};
+  all = Rect{std::min(all.top, r.top), std::min(all.left, r.left), std::max(all.bottom, r.bottom),
+             std::max(all.right, r.right)};
+  damage_.resize(1);
+}
+
+std::vector<Rect> DisplayChannel::takeDamage() {
+  return std::exchange(damage_, {});
+}
+
+Error DisplayChannel::reserveSurface(uint32_t id, uint32_t width, uint32_t height) {
+  releaseSurface(id);  // a surface created again replaces the old one
+  uint64_t pixels = uint64_t{width} * height;
+  if (surfacePixels_ + pixels > MAX_SURFACE_PIXELS)
+    return "surfaces of " + std::to_string(surfacePixels_ + pixels) + " pixels in all (at most " +
+           std::to_string(MAX_SURFACE_PIXELS) + ")";
+  surfacePixels_ += pixels;
+  return std::nullopt;
+}
+
+void DisplayChannel::releaseSurface(uint32_t id) {
+  auto it = surfaces_.find(id);
+  if (it == surfaces_.end())
+    return;
+  surfacePixels_ -= uint64_t{it->second.width()} * it->second.height();
+  surfaces_.erase(it);
 }
 
 Error DisplayChannel::drawFill(std::span<const uint8_t> body) {
@@ -208,6 +275,7 @@ Error DisplayChannel::drawFill(std::span<const uint8_t> body) {
   }
   auto& b = std::get<Base>(base);
   surface(b.surfaceId)->fill(b.box, b.clip, color);
+  noteDamage(b.surfaceId, b.box);
   ++display_.fills;
   return std::nullopt;
 }
@@ -223,6 +291,7 @@ Error DisplayChannel::copyBits(std::span<const uint8_t> body) {
     return std::string("COPY_BITS truncated");
   auto& b = std::get<Base>(base);
   surface(b.surfaceId)->copyBits(b.box, b.clip, x, y);
+  noteDamage(b.surfaceId, b.box);
   ++display_.copyBits;
   return std::nullopt;
 }
@@ -250,9 +319,10 @@ Error DisplayChannel::drawCopy(std::span<const uint8_t> body) {
   int64_t boxW = int64_t{b.box.right} - b.box.left, boxH = int64_t{b.box.bottom} - b.box.top;
   int64_t srcW = int64_t{srcArea.right} - srcArea.left;
   int64_t srcH = int64_t{srcArea.bottom} - srcArea.top;
-  if (boxW != srcW || boxH != srcH)
-    return "DRAW_COPY scales " + rectText(srcArea) + " to " + rectText(b.box) +
-           " (this client draws unscaled copies only)";
+  if (boxW != srcW || boxH != srcH || !img.pixels) {
+    ++display_.unsupported;  // a scaled copy or an image this client does not decode
+    return std::nullopt;
+  }
   if (srcArea.left < 0 || srcArea.top < 0 || srcArea.right > int64_t{img.width} ||
       srcArea.bottom > int64_t{img.height})
     return "DRAW_COPY source " + rectText(srcArea) + " outside its " + std::to_string(img.width) +
@@ -262,8 +332,35 @@ Error DisplayChannel::drawCopy(std::span<const uint8_t> body) {
     display_.lastUnsupportedRop = rop;
     return std::nullopt;
   }
-  surface(b.surfaceId)->blit(b.box, b.clip, *img.pixels, img.width, img.height, srcArea);
+  Canvas* target = surface(b.surfaceId);
+  if (img.pixels.get() == &target->pixels())  // a copy within one surface: read a snapshot
+    img.pixels = std::make_shared<std::vector<uint32_t>>(target->pixels());
+  target->blit(b.box, b.clip, *img.pixels, img.width, img.height, srcArea);
+  noteDamage(b.surfaceId, b.box);
   ++display_.copies;
+  return std::nullopt;
+}
+
+Error DisplayChannel::drawUnsupported(uint16_t type, std::span<const uint8_t> body) {
+  ++display_.unsupported;
+  // Draws this client does not reproduce may still carry a CACHE_ME image: read it so that the
+  // cache stays in step with the server's (a later DRAW_COPY may take it FROM_CACHE).
+  Reader r(body);
+  auto base = readBase(r);
+  if (auto* err = std::get_if<std::string>(&base))
+    return "draw type " + std::to_string(type) + ": " + *err;
+  if (type == SPICE_MSG_DISPLAY_DRAW_ALPHA_BLEND)
+    r.skip(2);  // alpha_flags, alpha
+  else if (type == SPICE_MSG_DISPLAY_DRAW_COMPOSITE)
+    r.skip(4);  // flags
+  uint32_t imageOffset = r.u32();
+  if (r.failed())
+    return "draw type " + std::to_string(type) + " truncated";
+  if (imageOffset == 0)
+    return std::nullopt;
+  auto image = readImage(body, imageOffset);
+  if (auto* err = std::get_if<std::string>(&image))
+    return "draw type " + std::to_string(type) + ": " + *err;
   return std::nullopt;
 }
 
@@ -290,6 +387,10 @@ Error DisplayChannel::invalList(std::span<const uint8_t> body) {
 }
 
 Error DisplayChannel::handle(uint16_t type, std::span<const uint8_t> body) {
+  bool handled = false;
+  Error shmErr = handleShm(type, body, &handled);
+  if (handled)
+    return shmErr;
   switch (type) {
     case SPICE_MSG_DISPLAY_SURFACE_CREATE:
       return surfaceCreate(body);
@@ -298,9 +399,11 @@ Error DisplayChannel::handle(uint16_t type, std::span<const uint8_t> body) {
       uint32_t id = r.u32();
       if (r.failed())
         return std::string("SURFACE_DESTROY truncated");
-      surfaces_.erase(id);
+      releaseSurface(id);
       if (primaryId_ == id)
         primaryId_.reset();
+      if (shmSurface_ && shmSurface_->id == id)
+        shmSurface_.reset();
       ++display_.surfaceDestroys;
       return std::nullopt;
     }
@@ -310,6 +413,13 @@ Error DisplayChannel::handle(uint16_t type, std::span<const uint8_t> body) {
       return drawCopy(body);
     case SPICE_MSG_DISPLAY_COPY_BITS:
       return copyBits(body);
+    case SPICE_MSG_DISPLAY_DRAW_OPAQUE:
+    case SPICE_MSG_DISPLAY_DRAW_BLEND:
+    case SPICE_MSG_DISPLAY_DRAW_ROP3:
+    case SPICE_MSG_DISPLAY_DRAW_TRANSPARENT:
+    case SPICE_MSG_DISPLAY_DRAW_ALPHA_BLEND:
+    case SPICE_MSG_DISPLAY_DRAW_COMPOSITE:
+      return drawUnsupported(type, body);
     case SPICE_MSG_DISPLAY_INVAL_LIST:
       return invalList(body);
     case SPICE_MSG_DISPLAY_INVAL_ALL_PIXMAPS:

@@ -1,15 +1,11 @@
 // Runs in: SPICE clients. Input: a SPICE server's bytes, untrusted (see spice-client.h).
 #include "client/spice-client.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netdb.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <spice/enums.h>
 #include <spice/protocol.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,189 +15,11 @@
 namespace spicebox::client {
 namespace {
 
-// Milliseconds left until `deadline`, for poll(); 0 once it passed.
-int msLeft(Deadline deadline) {
-  auto left =
-      std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return static_cast<int>(std::clamp<int64_t>(left, 0, 1 << 30));
-}
-
-// Waits for `events` on `fd`; false on timeout.
-bool waitFor(int fd, short events, Deadline deadline) {
-  for (;;) {
-    pollfd p{fd, events, 0};
-    int n = ::poll(&p, 1, msLeft(deadline));
-    if (n < 0 && errno == EINTR)
-      continue;
-    return n > 0;
-  }
-}
-
 std::string errnoText(const std::string& what) {
   return what + ": " + std::strerror(errno);
 }
 
 }  // namespace
-
-// ---- Target ----
-
-std::variant<Target, std::string> Target::parse(const std::string& text) {
-  Target t;
-  if (text.rfind("unix:", 0) == 0) {
-    t.kind = Kind::Unix;
-    t.path = text.substr(5);
-    if (t.path.empty() || t.path.size() >= sizeof(sockaddr_un::sun_path))
-      return "unix socket path '" + t.path + "' is empty or too long";
-    return t;
-  }
-  std::string rest = text.rfind("tcp:", 0) == 0 ? text.substr(4) : text;
-  auto colon = rest.rfind(':');
-  if (colon == std::string::npos)
-    return "target '" + text + "' is neither HOST:PORT nor unix:PATH";
-  t.host = rest.substr(0, colon);
-  if (t.host.size() >= 2 && t.host.front() == '[' && t.host.back() == ']')
-    t.host = t.host.substr(1, t.host.size() - 2);
-  std::string port = rest.substr(colon + 1);
-  char* end = nullptr;
-  long value = std::strtol(port.c_str(), &end, 10);
-  if (port.empty() || *end || value <= 0 || value > 65535 || t.host.empty())
-    return "target '" + text + "' needs a host and a port in 1..65535";
-  t.port = static_cast<uint16_t>(value);
-  return t;
-}
-
-std::string Target::describe() const {
-  return kind == Kind::Unix ? "unix:" + path : host + ":" + std::to_string(port);
-}
-
-// ---- Socket ----
-
-std::variant<Socket, std::string> Socket::connect(const Target& target, Deadline deadline) {
-  sockaddr_storage addr{};
-  socklen_t addrLen = 0;
-  int family = AF_UNIX;
-  if (target.kind == Target::Kind::Unix) {
-    auto* un = reinterpret_cast<sockaddr_un*>(&addr);
-    un->sun_family = AF_UNIX;
-    if (target.path.size() >= sizeof un->sun_path)
-      return "unix socket path too long: " + target.path;
-    std::memcpy(un->sun_path, target.path.c_str(), target.path.size() + 1);
-    addrLen = sizeof(sockaddr_un);
-  } else {
-    // Numeric addresses only: tests connect to what the broker logged, no name resolution.
-    auto* in4 = reinterpret_cast<sockaddr_in*>(&addr);
-    auto* in6 = reinterpret_cast<sockaddr_in6*>(&addr);
-    if (::inet_pton(AF_INET, target.host.c_str(), &in4->sin_addr) == 1) {
-      family = in4->sin_family = AF_INET;
-      in4->sin_port = htons(target.port);
-      addrLen = sizeof(sockaddr_in);
-    } else if (::inet_pton(AF_INET6, target.host.c_str(), &in6->sin6_addr) == 1) {
-      family = in6->sin6_family = AF_INET6;
-      in6->sin6_port = htons(target.port);
-      addrLen = sizeof(sockaddr_in6);
-    } else {
-      return "'" + target.host + "' is not a numeric IPv4 or IPv6 address";
-    }
-  }
-  base::Fd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd)
-    return errnoText("socket");
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), addrLen) != 0) {
-    if (errno != EINPROGRESS && errno != EAGAIN)
-      return errnoText("connecting to " + target.describe());
-    if (!waitFor(fd.get(), POLLOUT, deadline))
-      return "connecting to " + target.describe() + " timed out";
-    int err = 0;
-    socklen_t len = sizeof err;
-    ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0)
-      return "connecting to " + target.describe() + ": " + std::strerror(err);
-  }
-  return Socket(std::move(fd));
-}
-
-Error Socket::sendAll(std::span<const uint8_t> data, Deadline deadline) {
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::send(fd_.get(), data.data() + done, data.size() - done, MSG_NOSIGNAL);
-    if (n > 0) {
-      done += static_cast<size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (!waitFor(fd_.get(), POLLOUT, deadline))
-        return "sending " + std::to_string(data.size()) + " bytes timed out after " +
-               std::to_string(done);
-      continue;
-    }
-    return errnoText("send");
-  }
-  return std::nullopt;
-}
-
-std::variant<Bytes, std::string> Socket::readExact(size_t n, Deadline deadline) {
-  Bytes out(n);
-  size_t done = 0;
-  while (done < n) {
-    ssize_t got = ::recv(fd_.get(), out.data() + done, n - done, 0);
-    if (got > 0) {
-      done += static_cast<size_t>(got);
-      continue;
-    }
-    if (got == 0)
-      return "the server closed the connection after " + std::to_string(done) + " of " +
-             std::to_string(n) + " bytes";
-    if (errno == EINTR)
-      continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!waitFor(fd_.get(), POLLIN, deadline))
-        return "timed out waiting for " + std::to_string(n) + " bytes (got " +
-               std::to_string(done) + ")";
-      continue;
-    }
-    return errnoText("recv");
-  }
-  return out;
-}
-
-std::variant<Bytes, std::string> Socket::readAvailable(size_t max) {
-  Bytes out(max);
-  for (;;) {
-    ssize_t got = ::recv(fd_.get(), out.data(), max, 0);
-    if (got > 0) {
-      out.resize(static_cast<size_t>(got));
-      return out;
-    }
-    if (got == 0)
-      return std::string("the server closed the connection");
-    if (errno == EINTR)
-      continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK)
-      return Bytes{};
-    return errnoText("recv");
-  }
-}
-
-Socket::Closed Socket::awaitClose(Deadline deadline) {
-  uint8_t buf[4096];
-  for (;;) {
-    ssize_t got = ::recv(fd_.get(), buf, sizeof buf, 0);
-    if (got == 0)
-      return Closed::Eof;
-    if (got > 0)
-      continue;
-    if (errno == EINTR)
-      continue;
-    if (errno == ECONNRESET || errno == EPIPE)
-      return Closed::Reset;
-    if (errno != EAGAIN && errno != EWOULDBLOCK)
-      return Closed::Reset;
-    if (!waitFor(fd_.get(), POLLIN, deadline))
-      return Closed::Timeout;
-  }
-}
 
 // ---- link ----
 
@@ -270,6 +88,7 @@ void Channel::fail(std::string why) {
     return;
   spdlog::debug("client channel {}: {}", type_, why);
   error_ = "channel type " + std::to_string(type_) + ": " + std::move(why);
+  fds_.clear();  // closes every descriptor still waiting
   if (!notices_.empty())
     *error_ += " (the server said before: \"" + notices_.back() + "\")";
 }
@@ -287,16 +106,34 @@ Error Channel::send(uint16_t type, std::span<const uint8_t> body, Deadline deadl
 Error Channel::processAvailable() {
   // Reads at most a few chunks per call so that one busy channel cannot starve the others of a
   // pumpUntil; the rest stays in the socket for the next call.
+  constexpr size_t CHUNK = 256 * 1024;
   for (int round = 0; round < 16 && !error_; ++round) {
-    auto got = socket_.readAvailable(256 * 1024);
+    size_t had = input_.size();
+    input_.resize(had + CHUNK);
+    auto got = socket_.receiveAvailable(std::span<uint8_t>(input_).subspan(had));
     if (auto* err = std::get_if<std::string>(&got)) {
+      input_.resize(had);
       fail(*err);
       break;
     }
-    Bytes& chunk = std::get<Bytes>(got);
-    if (chunk.empty())
+    auto& received = std::get<Socket::Received>(got);
+    input_.resize(had + received.bytes);
+    uint64_t readStart = inputOffset_ + had;
+    counters_.fds += received.fds.size();
+    if (received.fds.size() > 1) {
+      fail("one read brought " + std::to_string(received.fds.size()) +
+           " descriptors: a message carries at most one");
       break;
-    input_.insert(input_.end(), chunk.begin(), chunk.end());
+    }
+    for (auto& fd : received.fds)
+      fds_.push_back({std::move(fd), readStart, readStart + received.bytes});
+    if (fds_.size() > MAX_PENDING_FDS) {
+      fail("more than " + std::to_string(MAX_PENDING_FDS) +
+           " descriptors received and not yet taken by their messages");
+      break;
+    }
+    if (received.bytes == 0)
+      break;
     size_t pos = 0;
     while (!error_ && input_.size() - pos >= MINI_HEADER_SIZE) {
       MiniHeader h = parseMiniHeader(
@@ -309,6 +146,7 @@ Error Channel::processAvailable() {
       if (input_.size() - pos - MINI_HEADER_SIZE < h.size)
         break;
       std::span<const uint8_t> body(input_.data() + pos + MINI_HEADER_SIZE, h.size);
+      messageStart_ = inputOffset_ + pos;
       pos += MINI_HEADER_SIZE + h.size;
       ++counters_.messages;
       counters_.bytes += MINI_HEADER_SIZE + h.size;
@@ -318,6 +156,13 @@ Error Channel::processAvailable() {
         err = handle(h.type, body);
       if (err) {
         fail(*err);
+        break;
+      }
+      // A descriptor whose read ended within this message came with it (or an earlier one) and
+      // was not taken: the server attached it to a message that carries none, or two to one.
+      if (!fds_.empty() && fds_.front().end <= inputOffset_ + pos) {
+        fail("a descriptor came with message type " + std::to_string(h.type) +
+             ", which carries none (or it came with one that carries only one)");
         break;
       }
       // The ACK window counts every message received after SET_ACK (not SET_ACK itself).
@@ -331,8 +176,17 @@ Error Channel::processAvailable() {
       }
     }
     input_.erase(input_.begin(), input_.begin() + static_cast<ptrdiff_t>(pos));
+    inputOffset_ += pos;
   }
   return error_;
+}
+
+base::Fd Channel::takeDescriptor() {
+  if (fds_.empty() || fds_.front().first > messageStart_ || fds_.front().end <= messageStart_)
+    return base::Fd();
+  base::Fd fd = std::move(fds_.front().fd);
+  fds_.pop_front();
+  return fd;
 }
 
 Error Channel::handleBase(uint16_t type, std::span<const uint8_t> body, bool* handled) {
@@ -511,7 +365,8 @@ Error pumpUntil(std::span<Channel* const> channels, const std::function<bool()>&
 
 // ---- session ----
 
-std::variant<Socket, std::string> Session::link(uint8_t type, std::vector<uint32_t> caps) {
+std::variant<Socket, std::string> Session::link(uint8_t type, std::vector<uint32_t> caps,
+                                                LinkReply* replyOut) {
   auto deadline = stepDeadline();
   auto socket = Socket::connect(options_.target, deadline);
   if (auto* err = std::get_if<std::string>(&socket))
@@ -521,7 +376,7 @@ std::variant<Socket, std::string> Session::link(uint8_t type, std::vector<uint32
   link.channelType = type;
   link.channelCaps = std::move(caps);
   link.password = options_.password;
-  if (auto err = linkChannel(std::get<Socket>(socket), link, deadline))
+  if (auto err = linkChannel(std::get<Socket>(socket), link, deadline, replyOut))
     return "linking channel type " + std::to_string(type) + ": " + *err;
   return std::move(std::get<Socket>(socket));
 }
@@ -547,13 +402,27 @@ std::variant<DisplayChannel*, std::string> Session::openDisplay() {
   std::vector<uint32_t> caps;
   if (options_.lz4)
     setCap(caps, SPICE_DISPLAY_CAP_LZ4_COMPRESSION);
-  auto socket = link(SPICE_CHANNEL_DISPLAY, caps);
+  if (options_.preferredCompression)
+    setCap(caps, SPICE_DISPLAY_CAP_PREF_COMPRESSION);
+  addShmCaps(caps, options_.shm);
+  LinkReply reply;
+  auto socket = link(SPICE_CHANNEL_DISPLAY, caps, &reply);
   if (auto* err = std::get_if<std::string>(&socket))
     return *err;
   display_ =
       std::make_unique<DisplayChannel>(std::move(std::get<Socket>(socket)), SPICE_CHANNEL_DISPLAY);
+  // The wish must be in place before the first byte is read: SHM_OFFER follows SET_ACK.
+  display_->setShmWish(options_.shm);
   if (auto err = display_->sendInit(stepDeadline()))
     return *err;
+  if (options_.preferredCompression &&
+      hasCap(reply.channelCaps, SPICE_DISPLAY_CAP_PREF_COMPRESSION)) {
+    Writer w;
+    w.u8(*options_.preferredCompression);
+    if (auto err =
+            display_->send(SPICE_MSGC_DISPLAY_PREFERRED_COMPRESSION, w.data(), stepDeadline()))
+      return *err;
+  }
   return display_.get();
 }
 
