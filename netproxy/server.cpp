@@ -1497,23 +1497,8 @@ void Server::frame(uint64_t generation, uint8_t buffer, std::span<const Hint> hi
     return;
   }
   s.display->current = buffer;
-  // The shadow takes every pixel the batch changed, before any client is served from it.
+  // Every changed rectangle, hints included (clipped, non-empty).
   const uint32_t w = s.display->layout.width, h = s.display->layout.height;
-  auto take = [&](const Rect& r) {
-    const Rect clipped = clipTo(r, w, h);
-    if (!emptyRect(clipped))
-      s.display->take(clipped);
-  };
-  for (const Hint& hint : hints) {
-    if (const auto* fill = std::get_if<SolidFill>(&hint))
-      for (const Rect& r : fill->rects)
-        take(r);
-    else
-      take(std::get<CopyBits>(hint).dest);
-  }
-  for (const Rect& r : damage)
-    take(r);
-  // Shared-memory clients: every changed rectangle, hints included (clipped, non-empty).
   std::vector<Rect> changed;
   auto note = [&](const Rect& r) {
     const Rect clipped = clipTo(r, w, h);
@@ -1529,14 +1514,20 @@ void Server::frame(uint64_t generation, uint8_t buffer, std::span<const Hint> hi
   }
   for (const Rect& r : damage)
     note(r);
-  for (Conn* c : s.linked(SPICE_CHANNEL_DISPLAY)) {
-    if (!c->surfaceLive)
-      continue;
-    if (c->shm == Conn::Shm::Active)
+  // Shared-memory clients first, written at once: they need no pixels from here, so their
+  // damage does not wait for the shadow's copy.
+  const std::vector<Conn*> displays = s.linked(SPICE_CHANNEL_DISPLAY);
+  for (Conn* c : displays)
+    if (c->surfaceLive && c->shm == Conn::Shm::Active) {
       s.shmFrame(*c, changed);
-    else
+      s.flush(*c);
+    }
+  // The shadow takes every pixel the batch changed, before any image client is served from it.
+  for (const Rect& r : changed)
+    s.display->take(r);
+  for (Conn* c : displays)
+    if (c->state == ConnState::Linked && c->surfaceLive && c->shm != Conn::Shm::Active)
       s.sendFrame(*c, hints, damage);
-  }
 }
 
 void Server::sync(std::function<void()> done) {
