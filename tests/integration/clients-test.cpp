@@ -18,6 +18,7 @@
 
 #include "client/spice-client.h"
 #include "tests/integration/broker-process.h"
+#include "tests/integration/client-steps.h"
 #include "tests/oracle/png-image.h"
 #include "tests/support/require-ok.h"
 
@@ -27,8 +28,17 @@ using client::Clock;
 
 namespace {
 
-constexpr auto START_BOUND = 15s;  // broker ready, listening (ASan builds start slowly)
-constexpr auto STEP_BOUND = 10s;   // one client step: link, first picture, a log line
+using test::awaitLog;
+using test::connectWithDisplay;
+using test::Difference;
+using test::difference;
+using test::draws;
+using test::pump;
+using test::START_BOUND;
+using test::startListening;
+using test::STEP_BOUND;
+using test::tempDir;
+
 // The netproxy's resident memory while one of two clients reads nothing for 30 s. The server
 // bounds what it queues per client (4 MiB of display bytes, pending damage coalesced instead);
 // measured: ~20 MiB for a 1280 x 800 desktop. 96 MiB leaves room for two pictures per client and
@@ -40,122 +50,10 @@ constexpr uint64_t NETPROXY_RSS_BOUND_KIB = 640 * 1024;
 constexpr uint64_t NETPROXY_RSS_BOUND_KIB = 96 * 1024;
 #endif
 
-// Pumps the broker's notifications and stderr until its stderr matches `re` (the whole text so
-// far); the match's groups (0: the whole match), or nullopt after `timeout`.
-std::optional<std::vector<std::string>> awaitLog(test::BrokerProcess& broker, const std::regex& re,
-                                                 std::chrono::milliseconds timeout) {
-  std::vector<std::string> groups;
-  auto found = broker.waitForStatus(
-      [&](const test::BrokerStatus&) {
-        const std::string& text = broker.stderrText();
-        std::smatch m;
-        if (!std::regex_search(text, m, re))
-          return false;
-        for (const auto& g : m)
-          groups.push_back(g.str());
-        return true;
-      },
-      timeout);
-  if (!found)
-    return std::nullopt;
-  return groups;
-}
-
-// A broker listening on a free TCP port of 127.0.0.1 with `args` added; the client target.
-client::Target startListening(test::BrokerProcess& broker) {
-  INFO(broker.stderrText());
-  REQUIRE(broker.waitForReady(START_BOUND));
-  auto m =
-      awaitLog(broker, std::regex(R"(listening for SPICE clients on (\S+) \(tcp\))"), START_BOUND);
-  INFO(broker.stderrText());
-  REQUIRE(m);
-  auto target = client::Target::parse((*m)[1]);
-  REQUIRE(std::holds_alternative<client::Target>(target));
-  return std::get<client::Target>(target);
-}
-
 std::vector<std::string> brokerArgs(std::vector<std::string> extra) {
   std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--disable-ticketing"};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
-}
-
-std::unique_ptr<client::Session> connectWithDisplay(const client::Target& target) {
-  client::SessionOptions options;
-  options.target = target;
-  auto session = client::Session::connect(options);
-  if (auto* err = std::get_if<std::string>(&session))
-    FAIL("connecting a client to " << target.describe() << ": " << *err);
-  auto s = std::move(std::get<std::unique_ptr<client::Session>>(session));
-  auto display = s->openDisplay();
-  if (auto* err = std::get_if<std::string>(&display))
-    FAIL("opening the display channel: " << *err);
-  return s;
-}
-
-// Handles every message of `sessions`' channels until `done()` or `timeout`; keeps the broker's
-// pipes drained meanwhile (a full stderr pipe would block the broker), by waking at least every
-// 200 ms. An error names `what` did not happen.
-client::Error pump(test::BrokerProcess& broker, std::vector<client::Session*> sessions,
-                   const std::function<bool()>& done, std::chrono::milliseconds timeout,
-                   const std::string& what) {
-  auto deadline = Clock::now() + timeout;
-  std::vector<client::Channel*> channels;
-  for (auto* s : sessions)
-    for (auto* c : s->channels())
-      channels.push_back(c);
-  for (;;) {
-    broker.drain();
-    auto slice = std::min(deadline, Clock::now() + 200ms);
-    auto err = client::pumpUntil(channels, done, slice, what);
-    if (!err)
-      return std::nullopt;
-    if (Clock::now() >= deadline || err->find("timed out") == std::string::npos)
-      return err;
-  }
-}
-
-// How a client's primary differs from `image`: pixel count and their bounding box.
-struct Difference {
-  uint64_t pixels = 0;
-  uint32_t left = UINT32_MAX, top = UINT32_MAX, right = 0, bottom = 0;
-  std::string describe() const {
-    if (pixels == 0)
-      return "none";
-    return std::to_string(pixels) + " pixels within (" + std::to_string(left) + "," +
-           std::to_string(top) + ")-(" + std::to_string(right) + "," + std::to_string(bottom) + ")";
-  }
-};
-
-Difference difference(const client::Canvas* canvas, const oracle::RgbImage& image) {
-  Difference d;
-  if (!canvas || canvas->width() != image.width || canvas->height() != image.height) {
-    d.pixels = uint64_t{image.width} * image.height + 1;
-    return d;
-  }
-  for (uint32_t y = 0; y < image.height; ++y)
-    for (uint32_t x = 0; x < image.width; ++x) {
-      uint32_t p = canvas->pixel(x, y);
-      const uint8_t* rgb = image.pixel(x, y);
-      if (((p >> 16) & 0xff) != rgb[0] || ((p >> 8) & 0xff) != rgb[1] || (p & 0xff) != rgb[2]) {
-        ++d.pixels;
-        d.left = std::min(d.left, x);
-        d.top = std::min(d.top, y);
-        d.right = std::max(d.right, x + 1);
-        d.bottom = std::max(d.bottom, y + 1);
-      }
-    }
-  return d;
-}
-
-uint64_t draws(client::Session& s) {
-  return s.display() ? s.display()->display().draws() : 0;
-}
-
-std::string tempDir() {
-  char tmpl[] = "/tmp/spicebox-clients-XXXXXX";
-  REQUIRE(::mkdtemp(tmpl));
-  return tmpl;
 }
 
 }  // namespace
