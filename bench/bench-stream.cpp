@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <stdexcept>
 
 #include "tools/guestsim/scenario.h"
 #include "tools/guestsim/spice-record.h"
@@ -59,6 +60,7 @@ class StreamBuilder {
     BenchCommand c;
     c.qxlType = m.qxlType;
     c.addr = m.commandAddr;
+    c.releaseId = stream_.commands + 1;
     c.cursorRing = m.cursorRing;
     if (const auto* draw = std::get_if<qxlcmd::Drawable>(&command.body)) {
       c.isDraw = true;
@@ -186,17 +188,28 @@ std::variant<Stream, std::string> loadRecording(const std::string& path) {
 }
 
 std::variant<Stream, std::string> loadStress(uint64_t count, uint64_t seed) {
+  auto loaded = loadScenario("stress", count, seed);
+  if (auto* stream = std::get_if<Stream>(&loaded))
+    stream->name = "stress --count " + std::to_string(count) + " --seed " + std::to_string(seed);
+  return loaded;
+}
+
+std::variant<Stream, std::string> loadScenario(const std::string& name, uint64_t count,
+                                               uint64_t seed) {
   guestsim::ScenarioOptions options;
   options.seed = seed;
   options.maxCommands = count;
   options.referenceFormatsOnly = true;
-  auto scenario = guestsim::makeScenario("stress", options);
+  std::unique_ptr<guestsim::Scenario> scenario;
+  try {
+    scenario = guestsim::makeScenario(name, options);
+  } catch (const std::invalid_argument& e) {
+    return std::string(e.what());
+  }
   auto image = makeImage();
   if (auto* error = std::get_if<std::string>(&image))
     return *error;
-  StreamBuilder builder(
-      "stress --count " + std::to_string(count) + " --seed " + std::to_string(seed),
-      std::move(std::get<std::unique_ptr<GuestImage>>(image)));
+  StreamBuilder builder(name, std::move(std::get<std::unique_ptr<GuestImage>>(image)));
   while (auto action = scenario->next()) {
     std::optional<std::string> error;
     if (const auto* io = std::get_if<guestsim::IoEvent>(&*action))
@@ -204,7 +217,7 @@ std::variant<Stream, std::string> loadStress(uint64_t count, uint64_t seed) {
     else
       error = builder.add(std::get<guestsim::Command>(*action));
     if (error)
-      return "stress: " + *error;
+      return name + ": " + *error;
   }
   return builder.finish();
 }

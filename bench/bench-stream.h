@@ -1,6 +1,6 @@
-// Runs in: spicebox-bench-render (developer machine, unsandboxed). Input: a SPICE_REPLAY 1
-// recording (plain or .xz), read by guestsim's checked RecordReader, or guestsim's stress
-// scenario; both already yield checked command trees.
+// Runs in: spicebox-bench-render and spicebox-bench-spice-serve (developer machine,
+// unsandboxed). Input: a SPICE_REPLAY 1 recording (plain or .xz), read by guestsim's checked
+// RecordReader, or one of guestsim's scenarios; both already yield checked command trees.
 //
 // A command stream loaded before any timing starts: every command materialised once into one
 // GuestImage (bench/guest-image.h) that both renderers read, and the io events the benchmark
@@ -27,6 +27,7 @@ namespace spicebox::bench {
 struct BenchCommand {
   uint32_t qxlType = 0;     // QXL_CMD_*
   uint64_t addr = 0;        // QXLCommand::data: a guest address in the stream's image
+  uint64_t releaseId = 0;   // QXLReleaseInfo.id: 1 for the stream's first command, then + 1
   bool cursorRing = false;  // QXL_CMD_CURSOR
   // QXL_CMD_DRAW only: the draw's surface and its bbox clipped to that surface's size, for the
   // eager mode's update_area. hasUpdateArea is false when the clipped bbox is empty or the
@@ -68,5 +69,10 @@ std::variant<Stream, std::string> loadRecording(const std::string& path);
 // Loads `count` commands of guestsim's stress scenario with `seed`, restricted to the bitmap
 // formats libspice-server renders (ScenarioOptions::referenceFormatsOnly).
 std::variant<Stream, std::string> loadStress(uint64_t count, uint64_t seed);
+// Loads the first `count` commands of guestsim's scenario `name` (and the io events among them)
+// with `seed`, restricted to what libspice-server renders. On error (an unknown name: the
+// message lists the known ones), a message saying what was wrong.
+std::variant<Stream, std::string> loadScenario(const std::string& name, uint64_t count,
+                                               uint64_t seed);
 
 }  // namespace spicebox::bench
