@@ -681,6 +681,19 @@ TEST_CASE("batch-done output: damage and hints decoded", "[peer-renderer]") {
   CHECK_FALSE(broker::checkOutput(done, broker::PrimarySize{10, 10}));
 }
 
+TEST_CASE("batch-done-buffer: 0 and 1 decoded, anything else refused", "[peer-renderer][hostile]") {
+  for (uint8_t buffer : {0, 1}) {
+    auto d = decodeBatchDone([&](auto done) { done.setBuffer(buffer); });
+    REQUIRE(d.kind == Kind::Boundary);
+    CHECK(std::get<broker::RendererBatchDone>(d.boundary).buffer == buffer);
+  }
+  for (uint8_t buffer : {2, 255}) {
+    auto d = decodeBatchDone([&](auto done) { done.setBuffer(buffer); });
+    CHECK(d.kind == Kind::Refused);
+    CHECK_THAT(d.refusal, Catch::Contains("names buffer " + std::to_string(buffer)));
+  }
+}
+
 TEST_CASE("batch-done-too-many-damage-rects: refused", "[peer-renderer][hostile]") {
   auto d = decodeBatchDone([](auto done) {
     auto damage = done.initDamage(ipc::render::MAX_DAMAGE_RECTS + 1);
@@ -764,7 +777,7 @@ broker::ChildPeer::Decoded decodeCursor(
   });
 }
 
-TEST_CASE("batch-done cursor: decoded, pixels little-endian; absent when not sent",
+TEST_CASE("batch-done cursor: decoded, pixels little-endian, absent when not sent",
           "[peer-renderer]") {
   auto d = decodeCursor(2, 3);
   REQUIRE(d.kind == Kind::Boundary);
@@ -854,17 +867,19 @@ TEST_CASE("batch-done-cursor-serial-and-shape-disagree: refused", "[peer-rendere
   CHECK(flat.kind == Kind::Refused);
 }
 
-TEST_CASE("display segment: sealed memfd of the page-rounded size; oversized refused",
+TEST_CASE("display segment: sealed memfd of the page-rounded size, oversized refused",
           "[broker][segment]") {
   auto made = broker::createDisplaySegment(100, 3, 9);
   REQUIRE(std::holds_alternative<std::shared_ptr<broker::DisplaySegment>>(made));
   const auto& segment = *std::get<std::shared_ptr<broker::DisplaySegment>>(made);
   CHECK(segment.layout.stride == 400);
-  CHECK(segment.layout.size == 4096);
+  // Two buffers of 1200 bytes, each rounded up to a page.
+  CHECK(segment.layout.backOffset == 4096);
+  CHECK(segment.layout.size == 8192);
   CHECK(segment.layout.generation == 9);
   struct stat st {};
   REQUIRE(::fstat(segment.fd.get(), &st) == 0);
-  CHECK(st.st_size == 4096);
+  CHECK(st.st_size == 8192);
   const int seals = ::fcntl(segment.fd.get(), F_GET_SEALS);
   CHECK((seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) ==
         (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL));

@@ -55,7 +55,7 @@ TEST_CASE("a client without a cache caches nothing", "[image-cache]") {
   }
 }
 
-TEST_CASE("a huge announced size is clamped; the entry count stays bounded", "[image-cache]") {
+TEST_CASE("a huge announced size is clamped, the entry count stays bounded", "[image-cache]") {
   ImageCache cache(INT64_MAX);
   CHECK(cache.capacityPixels() == uint64_t(ImageCache::MAX_CAPACITY_PIXELS));
   std::vector<uint64_t> evicted;

@@ -155,7 +155,7 @@ TEST_CASE("link reply: header, key, capabilities at the offset the spec gives", 
   CHECK(r.remaining() == 0);
 }
 
-TEST_CASE("ticket: a password encrypted as a client does decrypts; others do not",
+TEST_CASE("ticket: a password encrypted as a client does decrypts, others do not",
           "[link][ticket]") {
   auto key = TicketKey::generate();
   REQUIRE(key);

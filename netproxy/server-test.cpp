@@ -948,7 +948,7 @@ TEST_CASE("a display that goes away: RESET, then SURFACE_DESTROY", "[server][fra
   CHECK(c.display.next().type == SPICE_MSG_DISPLAY_SURFACE_DESTROY);
 }
 
-TEST_CASE("the main channel pings at link; the client's PONG is taken", "[server][main]") {
+TEST_CASE("the main channel pings at link, the client's PONG is taken", "[server][main]") {
   Harness h(offSettings());
   RawClient main(h);
   REQUIRE(main.link(SPICE_CHANNEL_MAIN, 0) == SPICE_LINK_ERR_OK);
@@ -1327,7 +1327,7 @@ TEST_CASE("hostile messages after the link end their connection", "[server][host
   requireStillServing(h);
 }
 
-TEST_CASE("inputs arrive in order, validated; motion is ACKed every 4 events", "[server][inputs]") {
+TEST_CASE("inputs arrive in order, validated, motion is ACKed every 4 events", "[server][inputs]") {
   Harness h(Settings{});
   Segment seg(640, 480, 1);
   REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout));

@@ -651,7 +651,7 @@ TEST_CASE("output: a solid put fill is a hint, other fills are damage") {
   CHECK(again.hints.empty());
 }
 
-TEST_CASE("output: a clipped fill's hint lists its rectangles; takeDamage reports hints too") {
+TEST_CASE("output: a clipped fill's hint lists its rectangles, takeDamage reports hints too") {
   Primary p;
   auto d = fill(xywh(0, 0, 16, 16), 0xabcdef);
   d.clip.type = SPICE_CLIP_TYPE_RECTS;
@@ -717,7 +717,7 @@ TEST_CASE("output: replaying hints then painting damage gives the picture") {
   CHECK(client == p.mem);
 }
 
-TEST_CASE("output: beyond 64 hints draws are damage; beyond 64 damage rects their bounding box") {
+TEST_CASE("output: beyond 64 hints draws are damage, beyond 64 damage rects their bounding box") {
   Primary p(256, 4);
   for (int32_t i = 0; i < 70; ++i)
     REQUIRE_FALSE(p.r.draw(fill(xywh(i * 3, 0, 1, 1), 0x10)));
@@ -742,7 +742,7 @@ TEST_CASE("output: a 16 bpp primary's fills are damage (the shadow holds convert
   CHECK(out.damage == std::vector<Rect>{xywh(0, 0, 2, 2)});
 }
 
-TEST_CASE("output: destroying the primary forgets it; offscreen draws have none") {
+TEST_CASE("output: destroying the primary forgets it, offscreen draws have none") {
   Primary p;
   REQUIRE_FALSE(p.r.draw(fill(xywh(0, 0, 2, 2), 0x1)));
   REQUIRE_FALSE(p.r.destroyPrimary());
@@ -868,7 +868,7 @@ TEST_CASE("stroke: XOR applies per line segment, so a crossing pixel is flipped 
   CHECK(setPixels(p) == want);
 }
 
-TEST_CASE("stroke: dashes are measured along the line; START_WITH_GAP begins with the gap") {
+TEST_CASE("stroke: dashes are measured along the line, START_WITH_GAP begins with the gap") {
   // Style 3 on, 2 off along (0,2)->(12,2): on over [0,3), [5,8) and [10,12], each a 1-pixel-
   // high box whose pixels are those from ceil(start) to ceil(end) - 1.
   Primary p;
