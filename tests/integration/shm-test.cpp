@@ -388,19 +388,18 @@ uint64_t tornFrames(client::ShmWish wish, uint64_t frames) {
     const uint64_t offset = d.shmOffset();
     const uint32_t stride = d.shmStride();
     REQUIRE(offset + uint64_t{stride} * (h - 1) + uint64_t{w} * 4 <= segment.size());
-    uint32_t first = 0;
-    std::memcpy(&first, segment.data() + offset, 4);
-    for (uint32_t y = 0; y < h; ++y) {
-      const uint8_t* row = segment.data() + offset + size_t{y} * stride;
-      for (uint32_t x = 0; x < w; ++x) {
-        uint32_t p = 0;
-        std::memcpy(&p, row + size_t{x} * 4, 4);
-        if ((p & 0xffffff) != (first & 0xffffff)) {
-          ++torn;
-          return;
-        }
+    // Row 0 is one colour, and every other row equals it (memcmp: fast even under ASan).
+    const uint8_t* top = segment.data() + offset;
+    for (uint32_t x = 1; x < w; ++x)
+      if (std::memcmp(top + size_t{x} * 4, top, 4) != 0) {
+        ++torn;
+        return;
       }
-    }
+    for (uint32_t y = 1; y < h; ++y)
+      if (std::memcmp(top + size_t{y} * stride, top, size_t{w} * 4) != 0) {
+        ++torn;
+        return;
+      }
   });
   REQUIRE_OK(pump(
       *run.broker, {viewer.get()}, [&] { return seen >= frames; }, 600s,
@@ -418,8 +417,8 @@ TEST_CASE("tear-free: 10000 acknowledged frames of solid colours and not one tor
 
 TEST_CASE("without tear-free the same check may see tearing (reported, not required)",
           "[shm][tear]") {
-  const uint64_t torn = tornFrames(client::ShmWish::Accept, 2000);
+  const uint64_t torn = tornFrames(client::ShmWish::Accept, 1000);
   WARN("plain shared memory: " << torn
-                               << " of 2000 frames torn (the renderer may draw into the "
+                               << " of 1000 frames torn (the renderer may draw into the "
                                   "buffer being read)");
 }
