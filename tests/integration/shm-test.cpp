@@ -335,19 +335,19 @@ void viewEndsWithReadBack(uint64_t until, std::vector<std::string> guestArgs,
 
 }  // namespace
 
-TEST_CASE("spicebox-view --headless in shared-memory mode ends with the device's picture: desktop",
+TEST_CASE("desktop: spicebox-view --headless in shared-memory mode ends with the device's picture",
           "[shm][view]") {
   viewEndsWithReadBack(DESKTOP_UNTIL, {}, {});
 }
 
-TEST_CASE("spicebox-view --headless declining shared memory ends with the same picture: desktop",
+TEST_CASE("desktop: spicebox-view --headless declining shared memory ends with the same picture",
           "[shm][view]") {
   viewEndsWithReadBack(DESKTOP_UNTIL, {}, {"--shm-reject"});
 }
 
 TEST_CASE(
-    "spicebox-view --headless in shared-memory mode ends with the device's picture: "
-    "recordings",
+    "recordings: spicebox-view --headless in shared-memory mode ends with the device's "
+    "picture",
     "[shm][view]") {
   const std::filesystem::path dir = SPICEBOX_RECORDINGS_DIR;
   if (!test::recordingsPresent(dir))
