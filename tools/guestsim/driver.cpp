@@ -195,17 +195,39 @@ bool Driver::perform(const GuestAction& action) {
   return performIo(std::get<IoEvent>(action));
 }
 
-std::optional<uint64_t> Driver::submitStamp(uint32_t seq) {
-  SB_ASSERT(allocator_, "submitStamp() before init()");
+Driver::StampedResult Driver::submitWithStamp(const Command& command, uint32_t seq) {
+  SB_ASSERT(allocator_, "submitWithStamp() before init()");
   SB_ASSERT(primary_, "a stamp without a primary to draw it on");
+  SB_ASSERT(command.type != CommandType::Cursor, "a stamp goes on the command ring only");
   reclaim();
-  if (!submit(stampCommand(seq), seq))
-    return std::nullopt;
+  StampedResult result;
+  auto update = layOut(command, std::nullopt, true);
+  if (!update)
+    return result;
+  result.performed = true;
+  // The update is laid out and not yet visible: waiting for memory here could wait on it.
+  auto stampItem = layOut(stampCommand(seq), seq, false);
+  if (!stampItem) {
+    publish(std::span(&*update, 1));
+    return result;
+  }
+  const LaidOut both[] = {*update, *stampItem};
+  publish(both);
   ++stats_.stamps;
-  return lastStampNs_;
+  result.stampNs = lastStampNs_;
+  return result;
 }
 
 bool Driver::submit(const Command& command, std::optional<uint32_t> stampSeq) {
+  auto laid = layOut(command, stampSeq, true);
+  if (!laid)
+    return false;
+  publish(std::span(&*laid, 1));
+  return true;
+}
+
+std::optional<Driver::LaidOut> Driver::layOut(const Command& command,
+                                              std::optional<uint32_t> stampSeq, bool mayWait) {
   uint64_t id = nextReleaseId_;
   for (int round = 0;; ++round) {
     auto result = materialise(command, id, *allocator_);
@@ -234,29 +256,31 @@ bool Driver::submit(const Command& command, std::optional<uint32_t> stampSeq) {
           }
         }
       }
-      uint8_t* stampPixels = nullptr;
+      LaidOut laid;
       if (stampSeq) {
         // Our own materialiser laid out our own stamp: not finding its pixels is a bug here.
-        stampPixels = locateStampPixels(m->commandAddr, [this](uint64_t addr, size_t size) {
+        laid.stampPixels = locateStampPixels(m->commandAddr, [this](uint64_t addr, size_t size) {
           return allocator_->hostAddress(addr, size);
         });
-        SB_ASSERT(stampPixels, "stamp {} laid out at {:#x} but its pixels were not found",
+        SB_ASSERT(laid.stampPixels, "stamp {} laid out at {:#x} but its pixels were not found",
                   *stampSeq, m->commandAddr);
+        laid.stampSeq = *stampSeq;
       }
       p.materialised = std::move(*m);
+      // unordered_map nodes do not move: the pointer stays valid while the command is pending.
       auto& stored = pending_.emplace(id, std::move(p)).first->second;
-      push(stored.materialised, stampPixels, stampSeq.value_or(0));
+      laid.materialised = &stored.materialised;
       ++stats_.commands;
       ++stats_.commandsByType[stored.typeName];
-      return true;
+      return laid;
     }
     const auto& error = std::get<MaterialiseError>(result);
-    if (error.kind != MaterialiseErrorKind::OutOfMemory) {
+    if (error.kind != MaterialiseErrorKind::OutOfMemory || (!mayWait && round >= 1)) {
       ++stats_.notSubmitted;
       if (powerOfTwo(stats_.notSubmitted))
         spdlog::warn("a {} command was not submitted ({} so far): {}",
                      commandTypeName(command.type), stats_.notSubmitted, error.detail);
-      return false;
+      return std::nullopt;
     }
     if (round >= MAX_OOM_ROUNDS)
       throw VmmError(
@@ -265,7 +289,7 @@ bool Driver::submit(const Command& command, std::optional<uint32_t> stampSeq) {
                       commandTypeName(command.type), round, error.detail, pending_.size()));
     size_t before = pending_.size();
     reclaim();
-    if (round == 0 && pending_.size() != before)
+    if (!mayWait || (round == 0 && pending_.size() != before))
       continue;  // released memory may be enough
     if (pending_.empty())
       throw VmmError(
@@ -282,13 +306,19 @@ bool Driver::submit(const Command& command, std::optional<uint32_t> stampSeq) {
   }
 }
 
-void Driver::push(const Materialised& m, uint8_t* stampPixels, uint32_t stampSeq) {
+void Driver::publish(std::span<const LaidOut> items) {
+  SB_ASSERT(!items.empty(), "nothing to publish");
+  const bool cursorRing = items.front().materialised->cursorRing;
+  for (const LaidOut& laid : items)
+    SB_ASSERT(laid.materialised->cursorRing == cursorRing, "one publish, one ring");
   auto* base = ramHeader();
-  RingView ring = m.cursorRing ? RingView(base + offsetof(QXLRam, cursor_ring),
-                                          QXL_CURSOR_RING_SIZE, sizeof(QXLCursorRing_ring_el))
-                               : RingView(base + offsetof(QXLRam, cmd_ring), QXL_COMMAND_RING_SIZE,
-                                          sizeof(QXLCommandRing_ring_el));
-  const char* name = m.cursorRing ? "cursor ring" : "command ring";
+  RingView ring = cursorRing ? RingView(base + offsetof(QXLRam, cursor_ring), QXL_CURSOR_RING_SIZE,
+                                        sizeof(QXLCursorRing_ring_el))
+                             : RingView(base + offsetof(QXLRam, cmd_ring), QXL_COMMAND_RING_SIZE,
+                                        sizeof(QXLCommandRing_ring_el));
+  const char* name = cursorRing ? "cursor ring" : "command ring";
+  const auto n = static_cast<uint32_t>(items.size());
+  SB_ASSERT(n <= ring.capacity(), "{} items do not fit the {}", n, name);
   auto checkIndices = [&] {
     uint32_t used = ring.used();
     if (used > ring.capacity())
@@ -298,30 +328,35 @@ void Driver::push(const Materialised& m, uint8_t* stampPixels, uint32_t stampSeq
                       name, ring.cons(), used, ring.prod()));
     return used;
   };
-  // SPICE_RING_PROD_WAIT: when full, ask to be told when the device takes one.
-  if (checkIndices() == ring.capacity()) {
-    ring.setNotifyOnCons(ring.cons() + 1);
+  // SPICE_RING_PROD_WAIT: without room for all, ask to be told when the device has taken enough.
+  if (ring.capacity() - checkIndices() < n) {
+    ring.setNotifyOnCons(ring.prod() + n - ring.capacity());
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    vmm_.waitUntil([&] { return checkIndices() < ring.capacity(); },
+    vmm_.waitUntil([&] { return ring.capacity() - checkIndices() >= n; },
                    fmt::format("room on the {}", name));
   }
-  // The doorbell moment of a latency stamp: after any wait for room, before the item that makes
-  // the command visible. The fence below orders the pixels before the producer index.
-  if (stampPixels) {
-    lastStampNs_ = stamp::monotonicNowNs();
-    writeStamp(stampPixels, stampSeq, lastStampNs_);
+  // The doorbell moment of a latency stamp: after any wait for room, before the first item that
+  // makes the commands visible. The fence below orders the pixels before the producer index.
+  const uint64_t ns = stamp::monotonicNowNs();
+  for (const LaidOut& laid : items)
+    if (laid.stampPixels) {
+      lastStampNs_ = ns;
+      writeStamp(laid.stampPixels, laid.stampSeq, ns);
+    }
+  const uint32_t prod = ring.prod();
+  for (uint32_t i = 0; i < n; ++i) {
+    QXLCommand item{};
+    item.data = items[i].materialised->commandAddr;
+    item.type = items[i].materialised->qxlType;
+    std::memcpy(ring.item(prod + i), &item, sizeof item);
   }
-  uint32_t prod = ring.prod();
-  QXLCommand item{};
-  item.data = m.commandAddr;
-  item.type = m.qxlType;
-  std::memcpy(ring.item(prod), &item, sizeof item);
-  // SPICE_RING_PUSH: the item is visible before the index that publishes it.
+  // SPICE_RING_PUSH: the items are visible before the index that publishes them.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  ring.setProd(prod + 1);
+  ring.setProd(prod + n);
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (prod + 1 == ring.notifyOnProd()) {
-    if (m.cursorRing)
+  // The device asked to be told when the producer passes notify_on_prod: one doorbell for all.
+  if (ring.notifyOnProd() - prod - 1 < n) {
+    if (cursorRing)
       vmm_.ringCursorDoorbell();
     else
       vmm_.ringCommandDoorbell();

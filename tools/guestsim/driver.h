@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -54,7 +55,7 @@ struct DriverStats {
   uint64_t interrupts = 0;
   uint64_t deviceErrors = 0;                       // QXL_INTERRUPT_ERROR seen
   uint64_t snapshots = 0;                          // snapshotPrimary() read-backs
-  uint64_t stamps = 0;                             // submitStamp(); also in commands (DRAW)
+  uint64_t stamps = 0;                             // submitWithStamp(); also in commands (DRAW)
   std::map<std::string, uint64_t> commandsByType;  // "DRAW", "SURFACE", ...
   std::map<std::string, uint64_t> ioByName;        // performed, by recorded worker message name
   std::map<std::string, uint64_t> skippedByName;   // skipped, same names
@@ -73,12 +74,17 @@ class Driver {
   // Performs one action. Returns false when it was not performed: a skipped IoEvent (counted by
   // name), or a command the materialiser refused (counted in notSubmitted; not recorded).
   bool perform(const GuestAction& action);
-  // --stamps: lays out stampCommand(seq) (stamp.h) and pushes it on the command ring, writing
-  // CLOCK_MONOTONIC into its pixels in guest memory after any wait for ring room and right
-  // before the ring item and producer index are written (and the doorbell rung). Returns the
-  // time written, or nullopt when the command was not submitted (counted as notSubmitted).
-  // Needs a primary (the stamp draws on surface 0): the caller checks.
-  std::optional<uint64_t> submitStamp(uint32_t seq);
+  // --stamps after an update: lays out `command` (not a cursor command) and stampCommand(seq),
+  // then publishes both on the command ring with one producer-index update and at most one
+  // doorbell, CLOCK_MONOTONIC written into the stamp right before: the stamp measures from the
+  // update's doorbell. `performed` says whether the command was submitted (as perform()); the
+  // stamp's time is nullopt when no stamp went with it (the command was not submitted, or the
+  // stamp did not fit in guest memory without waiting: counted as notSubmitted).
+  struct StampedResult {
+    bool performed = false;
+    std::optional<uint64_t> stampNs;
+  };
+  StampedResult submitWithStamp(const Command& command, uint32_t seq);
   // Frees what the device released (walks the release ring).
   void reclaim();
   // Waits until every submitted command was released. Throws VmmError naming the first command
@@ -104,11 +110,24 @@ class Driver {
   // The QXLRam header inside our RAM BAR mapping (after init()).
   std::byte* ramHeader() const;
   void onInterrupt();
-  // `stampSeq`: the command is stampCommand(*stampSeq); push() writes its time.
+  // A command laid out in guest memory (in pending_), not yet on its ring. `stampPixels`, when
+  // set: the stamp's 20 bytes in guest memory, written with `stampSeq` and the time just before
+  // the command is published (the time goes to lastStampNs_).
+  struct LaidOut {
+    const Materialised* materialised = nullptr;
+    uint8_t* stampPixels = nullptr;
+    uint32_t stampSeq = 0;
+  };
+  // `stampSeq`: the command is stampCommand(*stampSeq). Out of guest memory, `mayWait` reclaims
+  // and asks the device (QXL_IO_NOTIFY_OOM) until it fits; otherwise one reclaim and one retry.
+  // nullopt: not laid out (counted as notSubmitted, or thrown when memory never frees).
+  std::optional<LaidOut> layOut(const Command& command, std::optional<uint32_t> stampSeq,
+                                bool mayWait);
   bool submit(const Command& command, std::optional<uint32_t> stampSeq = std::nullopt);
-  // `stampPixels`, when set: the stamp's 20 bytes in guest memory, written with `stampSeq` and
-  // the time just before the command is published (the time goes to lastStampNs_).
-  void push(const Materialised& m, uint8_t* stampPixels = nullptr, uint32_t stampSeq = 0);
+  // Puts `items` (all for the same ring) on their ring at once: waits for room for all, writes
+  // the stamps' time, the ring items, then one producer index; rings the doorbell when the
+  // device's notify_on_prod lies among the new entries.
+  void publish(std::span<const LaidOut> items);
   bool performIo(const IoEvent& io);
   void createPrimary(const IoEvent& io);
   void destroyPrimary();

@@ -243,6 +243,17 @@ class Run {
     uint64_t paced = 0;
     uint64_t actionsThisPass = 0;
     for (;;) {
+      // Pacing: command n goes out no earlier than start + n / rate. The wait comes before the
+      // source makes the action, as a guest draws its next frame when it is due: making a large
+      // one (fullhd's 8 MiB) right after the previous doorbell would compete for the CPU with
+      // the device drawing that one.
+      if (const double rate = source->rate(); rate > 0 && vmm_) {
+        auto due = start + std::chrono::duration_cast<Clock::duration>(
+                               std::chrono::duration<double>(paced / rate));
+        auto now = Clock::now();
+        if (due > now)
+          vmm_->pause(std::chrono::ceil<std::chrono::milliseconds>(due - now));
+      }
       std::optional<GuestAction> action = source->next();
       if (!action && o_.snapshotLast)
         snapshot(submitted);
@@ -266,25 +277,15 @@ class Run {
           return true;
         if (o_.count != 0 && submitted >= o_.count)
           return false;
-        double rate = source->rate();
-        if (rate > 0 && vmm_) {
-          // Pacing: command n goes out no earlier than start + n / rate.
-          auto due = start + std::chrono::duration_cast<Clock::duration>(
-                                 std::chrono::duration<double>(paced / rate));
-          ++paced;
-          auto now = Clock::now();
-          if (due > now)
-            vmm_->pause(std::chrono::ceil<std::chrono::milliseconds>(due - now));
-        }
+        ++paced;
       }
       // The last picture before the primary goes: what --snapshot-last means when the source
       // ends by destroying it (the screen a user saw last).
       if (!isCommand && o_.snapshotLast && endsPrimary(std::get<IoEvent>(*action)))
         snapshot(submitted);
-      if (perform(*action) && isCommand) {
+      const bool stamped = isCommand && o_.stamps && stampable(std::get<Command>(*action));
+      if ((stamped ? performStamped(std::get<Command>(*action)) : perform(*action)) && isCommand) {
         ++submitted;
-        if (o_.stamps)
-          stampAfter(std::get<Command>(*action));
         if (snapshotWanted(submitted))
           snapshot(submitted);
       }
@@ -312,25 +313,36 @@ class Run {
     }
   }
 
-  // --stamps: a stamp after each command the source put on the command ring (not after cursor
+  // --stamps: a stamp after each command the source puts on the command ring (not after cursor
   // commands, which draw nothing into the primary), while there is a primary to draw it on.
+  bool stampable(const Command& command) const {
+    return stampable_ && command.type != CommandType::Cursor;
+  }
+
+  // A command and its stamp (stamp.h): published together, with one doorbell, the stamp carrying
+  // the time right before (Driver::submitWithStamp), so it measures from the update's doorbell.
   // Stamps are not paced and not counted by --count, --until or the snapshot numbers; they are
   // in the summary's command counts (and "stamps: N"). With --record-out they are recorded as
-  // ordinary commands, carrying the time written at the doorbell.
-  void stampAfter(const Command& command) {
-    if (!stampable_ || command.type == CommandType::Cursor)
-      return;
+  // ordinary commands after their command, carrying the time written at the doorbell.
+  bool performStamped(const Command& command) {
     const uint32_t seq = nextStampSeq_;
     std::optional<uint64_t> ns;
+    bool done = true;
     if (driver_) {
-      ns = driver_->submitStamp(seq);
+      auto result = driver_->submitWithStamp(command, seq);
+      done = result.performed;
+      ns = result.stampNs;
     } else {
+      countOffline(GuestAction(command), offline_);
       ns = spicebox::stamp::monotonicNowNs();  // offline: no doorbell; the time it is recorded
       countOffline(GuestAction(stampCommand(seq)), offline_);
       ++offline_.stamps;
     }
+    if (done && writer_)
+      if (auto error = writer_->writeCommand(command, nowNs()))
+        throw VmmError(fmt::format("cannot record to {}: {}", o_.recordOut, error->toString()));
     if (!ns)
-      return;  // not submitted: counted and warned about by the driver
+      return done;  // no stamp went out: counted and warned about by the driver
     // 24 bits go into the pixels; the sequence wraps after 16777215 back to 1.
     nextStampSeq_ = seq >= 0xffffff ? 1 : seq + 1;
     if (writer_) {
@@ -340,6 +352,7 @@ class Run {
       if (auto error = writer_->writeCommand(recorded, nowNs()))
         throw VmmError(fmt::format("cannot record to {}: {}", o_.recordOut, error->toString()));
     }
+    return done;
   }
 
   bool snapshotWanted(uint64_t submitted) const {

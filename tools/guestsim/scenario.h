@@ -24,11 +24,12 @@ namespace spicebox::guestsim {
 using GuestAction = std::variant<Command, IoEvent>;
 
 struct ScenarioOptions {
-  // stress, small-fills, flash: the random sequence (flash: its colours); same seed, same stream
+  // stress, small-fills, fullhd, flash: the random sequence (fullhd: its picture, flash: its
+  // colours); same seed, same stream
   uint64_t seed = 1;
   uint64_t maxCommands = 0;  // 0: the scenario's own length (all but all-draws: unbounded)
-  // stress, small-fills, fullhd, flash: commands per second (--rate); 0: the scenario's default
-  // (stress 2000, small-fills 200, fullhd 30, flash 0 = as fast as the device takes them)
+  // stress, small-fills, fullhd(-bands), flash: commands per second (--rate); 0: the scenario's
+  // default (stress 2000, small-fills 200, fullhd 30, flash 0 = as fast as the device takes them)
   double rate = 0;
   // Only what libspice-server's canvas renders as spicebox does, for recordings the oracle
   // must render (--reference-formats); spicebox itself renders all of it. Bitmap sources in
@@ -53,8 +54,11 @@ class Scenario {
 // update, a 1024x768 or 1920x1080 primary first):
 //   "small-fills": a DRAW_FILL of a solid 8..64 pixel square-ish rectangle, seeded place and
 //                  colour, 200 updates/s by default;
-//   "fullhd":      a full-screen DRAW_COPY of a 1920x1080 32 bpp bitmap that changes every update,
+//   "fullhd":      a full-screen DRAW_COPY of a 1920x1080 32 bpp bitmap that changes every update
+//                  (a photograph-like picture panning: smooth colours, texture, pixel noise),
 //                  30 updates/s by default;
+//   "fullhd-bands": the same with diagonal colour bands (each row its predecessor shifted: what
+//                  a dictionary coder compresses best);
 //   "flash":       a full-screen solid DRAW_FILL, never the previous update's colour, as fast as
 //                  the device takes them by default.
 // Throws std::invalid_argument with the list of known names for anything else.
