@@ -102,10 +102,10 @@ struct UpdateArea {
 # of other dimensions is not created.
 #
 # Two buffers (backOffset != 0): the picture alternates between them. A batch whose output was
-# reported (BatchDone damage or hints) leaves its buffer "presented": before drawing the next
-# batch the renderer copies that output's rectangles into the other buffer and draws there, so
-# a reader of the presented buffer (a tear-free viewer, until it acknowledges the next frame)
-# never sees it change. BatchDone.buffer names the buffer holding the picture.
+# reported (BatchDone damage or hints) leaves its buffer "presented": once outputTaken for it
+# arrives the renderer copies that output's rectangles into the other buffer, and draws the next
+# batch there, so a reader of the presented buffer (a tear-free viewer, until it acknowledges a
+# later frame) never sees it change. BatchDone.buffer names the buffer holding the picture.
 struct DisplaySegment {
   generation @0 :UInt64;     # broker's id of the segment, increasing per broker run
   size @1 :UInt64;           # bytes of the descriptor: >= offset + stride * height (and

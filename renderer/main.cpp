@@ -109,6 +109,9 @@ class RendererLink
     if (!awaitingTaken_ || *awaitingTaken_ != seq)
       return "outputTaken " + std::to_string(seq) + " for a batch not waiting for it";
     awaitingTaken_.reset();
+    // The next buffer is prepared now, while the guest is likely still writing its next update:
+    // the copy is then off the path from its doorbell to the client's screen.
+    worker_.flipIfPresented();
     // What waited runs now, in order, until a batch makes the renderer wait again.
     while (!awaitingTaken_ && !deferred_.empty()) {
       Deferred d = std::move(deferred_.front());

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <utility>
 
+#include "renderer/raster-pixels.h"
+
 namespace spicebox::renderer {
 
 namespace {
@@ -241,7 +243,15 @@ void Worker::notePresented(const PrimaryOutput& output) {
   if (output.damage.empty() && output.hints.empty())
     return;
   presented_ = true;
-  auto add = [&](const qxlcmd::Rect& r) { forward_.push_back(r); };
+  // One region, so that a rectangle changed by several draws (a batch of full-screen fills is
+  // a list of identical hint rectangles) is copied forward once.
+  pixels::Region changed;
+  auto add = [&](const qxlcmd::Rect& r) {
+    pixels::Region one(r.left, r.top, r.right, r.bottom);
+    changed.unite(one);
+  };
+  for (const qxlcmd::Rect& r : forward_)
+    add(r);
   for (const qxlcmd::Rect& r : output.damage)
     add(r);
   for (const OutputHint& hint : output.hints) {
@@ -251,16 +261,16 @@ void Worker::notePresented(const PrimaryOutput& output) {
     else
       add(std::get<CopyBitsHint>(hint).dest);
   }
-  if (forward_.size() > MAX_FORWARD_RECTS) {
-    qxlcmd::Rect box = forward_.front();
-    for (const qxlcmd::Rect& r : forward_) {
-      box.top = std::min(box.top, r.top);
-      box.left = std::min(box.left, r.left);
-      box.bottom = std::max(box.bottom, r.bottom);
-      box.right = std::max(box.right, r.right);
-    }
-    forward_.assign(1, box);
+  int n = 0;
+  const pixman_box32_t* boxes = changed.rects(&n);
+  forward_.clear();
+  if (static_cast<size_t>(n) > MAX_FORWARD_RECTS) {
+    const pixman_box32_t* e = pixman_region32_extents(changed.get());
+    forward_.push_back(qxlcmd::Rect{e->y1, e->x1, e->y2, e->x2});
+    return;
   }
+  for (int i = 0; i < n; ++i)
+    forward_.push_back(qxlcmd::Rect{boxes[i].y1, boxes[i].x1, boxes[i].y2, boxes[i].x2});
 }
 
 void Worker::resetCursor() {

@@ -157,6 +157,11 @@ class Worker {
   const PrimaryOutput& lastOutput() const { return lastOutput_; }
   // The segment buffer holding the primary's picture after the last batch (BatchDone.buffer).
   uint8_t buffer() const { return primarySegment_ ? buffer_ : 0; }
+  // Double buffering (render.capnp DisplaySegment): when the last batch's output was reported
+  // (its buffer is presented), copies what changed since into the other buffer and moves the
+  // primary there. Called as soon as the broker's outputTaken allows it (so the copy is done
+  // before the next batch arrives, not on its path), and again before each batch (a no-op then).
+  void flipIfPresented();
 
   // The pointer after the last batch, and whether that batch changed it (visibility, position or
   // shape) compared with the last pointer reported: then BatchDone.cursor carries all of it,
@@ -193,10 +198,6 @@ class Worker {
   // The guest memory of `size` bytes at `addr`, translated through today's slots, or empty.
   std::span<std::byte> locate(uint64_t addr, uint64_t size) const;
   void forgetSurfaces();
-  // Double buffering (render.capnp DisplaySegment): before a batch, when the last batch's output
-  // was reported (its buffer is presented), copies what changed since into the other buffer and
-  // moves the primary there.
-  void flipIfPresented();
   // After a batch: its output is presented; its rectangles are what the other buffer lacks.
   void notePresented(const PrimaryOutput& output);
   void resetBuffers();
