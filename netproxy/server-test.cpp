@@ -1814,8 +1814,31 @@ TEST_CASE("a viewer that declines the offer gets the normal display", "[server][
   CHECK(h.lastCounts.shm == 0);
 }
 
-TEST_CASE("tear-free: the renderer's go-ahead waits for the viewer's acknowledgement",
+TEST_CASE("a batch that changed the same area many times is announced as disjoint rectangles",
           "[server][shm]") {
+  Harness h(shmSettings({::getuid()}));
+  TwoBufferSegment seg(64, 48, 1);
+  REQUIRE_FALSE(h.server->setDisplay(seg.readOnly(), seg.layout, 0));
+  ShmClient c(h, bit(shm::CAP_SHARED_MEMORY));
+  const Offer offer = readOffer(c.next());
+  c.reply(offer.segmentId, 1, 0);
+  REQUIRE(c.next().type == shm::MSG_SURFACE_CREATE_SHM);
+  readDamage(c.next());
+  // Ten full-screen fills (a burst of them in one batch), a damage rectangle inside them and one
+  // beside them: the viewer copies the screen once, and the rest once.
+  std::vector<Hint> hints;
+  for (uint32_t n = 0; n < 10; ++n)
+    hints.push_back(SolidFill{0x00010101u * n, {Rect{0, 0, 40, 64}}});
+  const std::vector<Rect> damage = {Rect{5, 5, 10, 10}, Rect{40, 0, 48, 20}};
+  h.server->frame(1, 1, hints, damage);
+  const ShmDamage d = readDamage(c.next());
+  CHECK(d.rects == std::vector<Rect>{Rect{0, 0, 40, 64}, Rect{40, 0, 48, 20}});
+}
+
+TEST_CASE(
+    "tear-free: the renderer draws the next frame while the viewer reads this one, and "
+    "waits for the one before",
+    "[server][shm]") {
   LogWatch log;
   Harness h(shmSettings({::getuid()}));
   TwoBufferSegment seg(64, 48, 1);
@@ -1826,11 +1849,24 @@ TEST_CASE("tear-free: the renderer's go-ahead waits for the viewer's acknowledge
   c.reply(offer.segmentId, 1, shm::REPLY_TEAR_FREE);
   REQUIRE(c.next().type == shm::MSG_SURFACE_CREATE_SHM);
   const ShmDamage first = readDamage(c.next());
+  CHECK(first.offset == seg.layout.offset);
   h.loop.runUntil([&] { return h.lastCounts.tearFree == 1; });
 
-  // The viewer has not acknowledged frame 1: a sync is held. The server answers the same
-  // client's main channel meanwhile (it is not blocked), and still holds it.
+  // Frame 1 (buffer 0) is not acknowledged, but it is the current picture: the renderer draws
+  // the next batch into buffer 1, so the go-ahead is not held.
   bool synced = false;
+  h.server->sync([&] { synced = true; });
+  h.loop.runUntil([&] { return synced; });
+
+  // Frame 2 in buffer 1 while frame 1 is still unacknowledged: the next batch would draw into
+  // buffer 0, which the viewer may still be reading. Held; the server answers the same client's
+  // main channel meanwhile (it is not blocked), and still holds it.
+  seg.copyToBack();
+  const std::vector<Rect> damage = {Rect{0, 0, 8, 8}};
+  h.server->frame(1, 1, {}, damage);
+  const ShmDamage second = readDamage(c.next());
+  CHECK(second.offset == seg.layout.backOffset);
+  synced = false;
   h.server->sync([&] { synced = true; });
   wire::Writer mode;
   mode.u16(SPICE_MOUSE_MODE_SERVER);
@@ -1840,25 +1876,31 @@ TEST_CASE("tear-free: the renderer's go-ahead waits for the viewer's acknowledge
   c.handled(first.frame);
   h.loop.runUntil([&] { return synced; });
 
-  // Frame 2 in buffer 1, acknowledged: the next sync is answered after the ack.
-  seg.copyToBack();
-  const std::vector<Rect> damage = {Rect{0, 0, 8, 8}};
-  h.server->frame(1, 1, {}, damage);
-  const ShmDamage second = readDamage(c.next());
-  CHECK(second.offset == seg.layout.backOffset);
+  // Frame 3 in buffer 0; acknowledging frame 3 acknowledges frame 2 with it.
+  h.server->frame(1, 0, {}, damage);
+  const ShmDamage third = readDamage(c.next());
+  CHECK(third.offset == seg.layout.offset);
   synced = false;
   h.server->sync([&] { synced = true; });
-  c.handled(second.frame);
+  h.loop.spin();
+  CHECK_FALSE(synced);  // frame 2 (buffer 1) is outstanding
+  c.handled(third.frame);
   h.loop.runUntil([&] { return synced; });
 
-  // Frame 3 never acknowledged: the go-ahead comes at the timeout, and the viewer is no longer
-  // tear-free (it is told nothing; it may now see tearing).
+  // Frame 4 in buffer 1, and frame 5 in buffer 0 while frame 4 is never acknowledged: the
+  // go-ahead comes at the timeout, and the viewer is no longer tear-free (it is told nothing; it
+  // may now see tearing).
+  h.server->frame(1, 1, {}, damage);
+  readDamage(c.next());
+  synced = false;
+  h.server->sync([&] { synced = true; });
+  h.loop.runUntil([&] { return synced; });
   h.server->frame(1, 0, {}, damage);
   readDamage(c.next());
   synced = false;
   h.server->sync([&] { synced = true; });
   h.loop.runUntil([&] { return synced; });
-  CHECK(log.saw("did not acknowledge frame 3"));
+  CHECK(log.saw("did not acknowledge frame 4"));
   h.loop.runUntil([&] { return h.lastCounts.tearFree == 0; });
   CHECK(h.lastCounts.shm == 1);
 }

@@ -40,6 +40,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/rand.h>
+#include <pixman.h>
 #include <spdlog/spdlog.h>
 #include <spice/enums.h>
 #include <spice/protocol.h>
@@ -102,6 +103,10 @@ constexpr uint32_t MAX_CURSOR_SIDE = 512;
 // display one pause, not a stall).
 constexpr uint64_t SHM_REPLY_DEADLINE_MS = 10000;
 constexpr uint64_t TEAR_FREE_ACK_MS = 1000;
+// A tear-free client holds the renderer once it has a frame unacknowledged in the buffer about
+// to be drawn, so it can only have the current frame and the one before it outstanding (and the
+// whole-surface frames of SURFACE_CREATE_SHM); more means it stopped acknowledging.
+constexpr size_t MAX_UNACKED_FRAMES = 8;
 // Messages per read callback and accepts per listener callback: one busy client or a connect
 // flood cannot hold the loop.
 constexpr int MAX_READS_PER_CALLBACK = 64;
@@ -144,6 +149,25 @@ int64_t area(const Rect& r) {
 bool contains(const Rect& outer, const Rect& inner) {
   return outer.left <= inner.left && outer.top <= inner.top && outer.right >= inner.right &&
          outer.bottom >= inner.bottom;
+}
+
+// The union of `rects` as disjoint rectangles (pixman's region arithmetic), in band order.
+std::vector<Rect> disjointUnion(std::span<const Rect> rects) {
+  pixman_region32_t region;
+  pixman_region32_init(&region);
+  for (const Rect& r : rects)
+    if (r.right > r.left && r.bottom > r.top)
+      pixman_region32_union_rect(&region, &region, r.left, r.top,
+                                 static_cast<unsigned>(r.right - r.left),
+                                 static_cast<unsigned>(r.bottom - r.top));
+  int n = 0;
+  const pixman_box32_t* boxes = pixman_region32_rectangles(&region, &n);
+  std::vector<Rect> out;
+  out.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i)
+    out.push_back(Rect{boxes[i].y1, boxes[i].x1, boxes[i].y2, boxes[i].x2});
+  pixman_region32_fini(&region);
+  return out;
 }
 
 Rect clipTo(const Rect& r, uint32_t width, uint32_t height) {
@@ -214,8 +238,14 @@ struct Conn {
   uint32_t shmSegmentId = 0;  // the last segment offered to it (0: none)
   uint64_t shmOfferedAt = 0;
   bool tearFree = false;
-  uint64_t shmFrame = 0;     // the last SHM_DAMAGE's frame number
-  uint64_t awaitingAck = 0;  // tear-free: the frame not yet acknowledged (0: none)
+  uint64_t shmFrame = 0;  // the last SHM_DAMAGE's frame number
+  // Tear-free: the frames sent and not yet acknowledged, oldest first, with the buffer each
+  // named: the client may still be reading those buffers.
+  struct Unacked {
+    uint64_t frame = 0;
+    uint8_t buffer = 0;
+  };
+  std::deque<Unacked> unacked;
 
   // Cursor: what the client shows.
   bool cursorSent = false, cursorVisible = false, cursorDirty = false;
@@ -891,10 +921,11 @@ struct Server::Impl {
                 true);
       return;
     }
-    if (c.awaitingAck != 0 && m.frame >= c.awaitingAck) {
-      c.awaitingAck = 0;
+    const size_t before = c.unacked.size();
+    while (!c.unacked.empty() && c.unacked.front().frame <= m.frame)
+      c.unacked.pop_front();
+    if (c.unacked.size() != before)
       maybeFinishSync();
-    }
   }
   void handle(Conn& c, const InputEvent& e) {
     const uint64_t now = uv_now(loop);
@@ -1004,8 +1035,13 @@ struct Server::Impl {
     }
     ++c.shmFrame;
     send(c, buildShmDamage(display->offset(), c.shmFrame, rects));
-    if (c.tearFree)
-      c.awaitingAck = c.shmFrame;
+    if (!c.tearFree)
+      return;
+    if (c.unacked.size() >= MAX_UNACKED_FRAMES) {
+      endTearFree(c, fmt::format("left {} frames unacknowledged", c.unacked.size()));
+      return;
+    }
+    c.unacked.push_back({c.shmFrame, display->current});
   }
 
   // A frame for a shared-memory client: its changed rectangles, even none (the buffer changed).
@@ -1026,8 +1062,24 @@ struct Server::Impl {
     spdlog::warn("client {}: {}: tear-free mode off for it (it may now see partly drawn frames)",
                  c.peer, why);
     c.tearFree = false;
-    c.awaitingAck = 0;
+    c.unacked.clear();
     reportCounts();
+  }
+
+  // Whether tear-free client `c` may still be reading the buffer the renderer draws into next.
+  // The renderer writes only the buffer that does not hold the current picture (it flips before
+  // drawing after a frame, render.capnp "Double buffering"), so a client reading the current
+  // picture holds nothing up: the renderer draws the next frame while the client reads this one,
+  // and waits only for a client still on the frame before. With one buffer, any unacknowledged
+  // frame holds it.
+  bool holdsRenderer(const Conn& c) const {
+    if (c.state != ConnState::Linked)
+      return false;
+    const bool oneBuffer = !display || display->layout.backOffset == 0;
+    for (const Conn::Unacked& u : c.unacked)
+      if (oneBuffer || u.buffer != display->current)
+        return true;
+    return false;
   }
 
   // Answers the pending sync once no tear-free client still reads the buffer the renderer will
@@ -1036,7 +1088,7 @@ struct Server::Impl {
     if (!pendingSync)
       return true;
     for (const auto& [id, c] : conns)
-      if (c->state == ConnState::Linked && c->awaitingAck != 0)
+      if (holdsRenderer(*c))
         return false;
     uv_timer_stop(ackTimer.get());
     std::exchange(pendingSync, nullptr)();
@@ -1046,11 +1098,11 @@ struct Server::Impl {
   void onAckTimeout() {
     std::vector<Conn*> late;
     for (auto& [id, c] : conns)
-      if (c->state == ConnState::Linked && c->awaitingAck != 0)
+      if (holdsRenderer(*c))
         late.push_back(c.get());
     for (Conn* c : late)
-      endTearFree(*c, fmt::format("did not acknowledge frame {} within {} ms", c->awaitingAck,
-                                  TEAR_FREE_ACK_MS));
+      endTearFree(*c, fmt::format("did not acknowledge frame {} within {} ms",
+                                  c->unacked.front().frame, TEAR_FREE_ACK_MS));
     maybeFinishSync();
   }
 
@@ -1480,7 +1532,7 @@ void Server::dropDisplay() {
     c->surfaceLive = false;
     c->needMark = false;
     c->pending.clear();
-    c->awaitingAck = 0;  // the renderer draws into a new segment: nothing to wait for
+    c->unacked.clear();  // the renderer draws into a new segment: nothing to wait for
   }
   s.display.reset();
   s.maybeFinishSync();
@@ -1514,6 +1566,9 @@ void Server::frame(uint64_t generation, uint8_t buffer, std::span<const Hint> hi
   }
   for (const Rect& r : damage)
     note(r);
+  // As disjoint rectangles: an area several draws of the batch changed (a run of full-screen
+  // fills is a list of identical hint rectangles) is copied and announced once.
+  changed = disjointUnion(changed);
   // Shared-memory clients first, written at once: they need no pixels from here, so their
   // damage does not wait for the shadow's copy.
   const std::vector<Conn*> displays = s.linked(SPICE_CHANNEL_DISPLAY);
