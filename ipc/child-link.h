@@ -12,6 +12,7 @@
 #include <string>
 
 #include "base/log.h"
+#include "base/memory.h"
 #include "ipc/channel.h"
 #include "ipc/child-fds.h"
 #include "ipc/common.capnp.h"
@@ -126,6 +127,7 @@ template <typename Link>
     ::_exit(app.exit(e));
   }
   base::initLogging(name, STDERR_FILENO, level);
+  base::keepFrameBuffersInHeap();
   struct stat channel {};
   if (::fstat(CHILD_CHANNEL_FD, &channel) != 0 || !S_ISSOCK(channel.st_mode)) {
     spdlog::critical(

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "base/log.h"
+#include "base/memory.h"
 #include "client/tools/tool-session.h"
 
 namespace {
@@ -284,6 +285,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", o.logLevel, "trace, debug, info, warn, error (or SPICEBOX_LOG)");
   CLI11_PARSE(app, argc, argv);
   spicebox::base::initLogging("view", 2, o.logLevel);
+  spicebox::base::keepFrameBuffersInHeap();
   struct sigaction sa {};
   sa.sa_handler = requestStop;
   ::sigaction(SIGINT, &sa, nullptr);
