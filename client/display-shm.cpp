@@ -226,10 +226,12 @@ Error DisplayChannel::shmDamage(std::span<const uint8_t> body) {
     rect.right = r.i32();
     Rect clipped = intersect(rect, whole);
     if (clipped.empty())
-      continue;                               // outside the surface, or inverted: nothing to copy
-    canvas.load(clipped, picture, s.stride);  // cannot fail: fitsIn checked the geometry
+      continue;  // outside the surface, or inverted: nothing to copy
     frameRects_.push_back(clipped);
     noteDamage(s.id, clipped);
+    if (!shmCopy_)
+      continue;
+    canvas.load(clipped, picture, s.stride);  // cannot fail: fitsIn checked the geometry
     shm_.bytesCopied += uint64_t(clipped.right - clipped.left) * 4 * (clipped.bottom - clipped.top);
   }
   shmSurface_->offset = offset;

@@ -228,9 +228,15 @@ class DisplayChannel : public Channel {
   }
   uint64_t shmOffset() const { return shmSurface_ ? shmSurface_->offset : 0; }
   uint32_t shmStride() const { return shmSurface_ ? shmSurface_->stride : 0; }
+  // Whether each SHM_DAMAGE copies its rectangles into primary() (the default: the client keeps
+  // its own picture, as spicebox-view does). Off, primary() keeps the picture it had and the
+  // client reads the pixels in place, from segment() at shmOffset() in the frame callback (zero
+  // copy: what spicebox-latency times).
+  void setShmCopy(bool copy) { shmCopy_ = copy; }
   // The frame number of the last SHM_DAMAGE applied (0 before one).
   uint64_t lastFrame() const { return lastFrame_; }
-  // Called after each SHM_DAMAGE was copied into primary() and before DAMAGE_HANDLED is sent,
+  // Called after each SHM_DAMAGE was applied (copied into primary(), see setShmCopy) and before
+  // DAMAGE_HANDLED is sent,
   // with the frame number and the damaged rectangles clipped to the surface: the buffer at
   // shmOffset() is still the server's picture of that frame.
   using FrameCallback = std::function<void(uint64_t frame, std::span<const Rect> rects)>;
@@ -283,7 +289,7 @@ class DisplayChannel : public Channel {
     uint64_t offset = 0;
   };
   ShmWish shmWish_ = ShmWish::Off;
-  bool shmActive_ = false, tearFree_ = false;
+  bool shmActive_ = false, tearFree_ = false, shmCopy_ = true;
   std::optional<ShmSegment> segment_;
   uint32_t segmentId_ = 0;
   std::optional<ShmSurface> shmSurface_;

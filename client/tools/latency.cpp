@@ -25,6 +25,7 @@
 
 #include "base/latency-stamp.h"
 #include "base/log.h"
+#include "base/memory.h"
 #include "client/tools/tool-session.h"
 
 namespace {
@@ -61,14 +62,42 @@ class Recorder {
 
   // Reads the stamp at (0,0) of `picture` after an update was applied.
   void look(const Canvas* picture) {
-    ++looks_;
     if (!picture || picture->width() < stamp::STAMP_WIDTH) {
-      ++stampless_;
+      look(nullptr, 0);
       return;
     }
     uint32_t px[stamp::STAMP_WIDTH];
     for (uint32_t x = 0; x < stamp::STAMP_WIDTH; ++x)
       px[x] = picture->pixel(x, 0);
+    look(px, stamp::STAMP_WIDTH);
+  }
+
+  // Reads the stamp at (0,0) of the shared-memory buffer holding the picture (x8r8g8b8 rows,
+  // little endian), in place: what a zero-copy viewer has the moment SHM_DAMAGE arrives.
+  void look(const DisplayChannel& display) {
+    const auto segment = display.segment();
+    const uint64_t offset = display.shmOffset();
+    const auto* surface = display.primary();
+    if (!surface || surface->width() < stamp::STAMP_WIDTH || offset > segment.size() ||
+        segment.size() - offset < stamp::STAMP_WIDTH * 4) {
+      look(nullptr, 0);
+      return;
+    }
+    uint32_t px[stamp::STAMP_WIDTH];
+    for (uint32_t x = 0; x < stamp::STAMP_WIDTH; ++x) {
+      const uint8_t* p = segment.data() + offset + x * 4;
+      px[x] = uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16;
+    }
+    look(px, stamp::STAMP_WIDTH);
+  }
+
+ private:
+  void look(const uint32_t* px, uint32_t count) {
+    ++looks_;
+    if (!px || count < stamp::STAMP_WIDTH) {
+      ++stampless_;
+      return;
+    }
     auto s = stamp::decode(px);
     if (!s) {
       ++stampless_;
@@ -101,6 +130,7 @@ class Recorder {
     samples_.push_back(now - s->monotonicNs);
   }
 
+ public:
   uint64_t recorded() const { return samples_.size(); }
   bool measuring() const { return seen_ > warmup_; }
 
@@ -191,8 +221,10 @@ int run(const Options& o) {
   DisplayChannel& display = tool.display();
   // Set before the first message is handled: frames may follow the offer at once.
   Recorder recorder(o.warmup);
-  display.setFrameCallback(
-      [&](uint64_t, std::span<const Rect>) { recorder.look(display.primary()); });
+  // Shared memory: the stamp is read in place, from the buffer the SHM_DAMAGE names, as a
+  // zero-copy viewer would use it (an image client's endpoint is its decoded picture).
+  display.setShmCopy(false);
+  display.setFrameCallback([&](uint64_t, std::span<const Rect>) { recorder.look(display); });
   if (o.mode != "normal" && !display.shmActive()) {
     // The offer, if any, comes right after SET_ACK: wait for it before measuring, until the
     // ordinary display begins (a SURFACE_CREATE: no offer came).
@@ -293,6 +325,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   spicebox::base::initLogging("latency", 2, o.logLevel);
+  spicebox::base::keepFrameBuffersInHeap();
   struct sigaction sa {};
   sa.sa_handler = requestStop;
   ::sigaction(SIGINT, &sa, nullptr);
