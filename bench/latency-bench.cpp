@@ -1,12 +1,14 @@
 // Runs in: a developer machine, as
-//   spicebox-bench-latency [--workloads small-fills,fullhd,recording] [--bin-dir DIR]
+//   spicebox-bench-latency [--workloads small-fills,fullhd,fullhd-bands,recording] [--bin-dir DIR]
 //                          [--recordings DIR] [--image-compression off|lz|lz4] [--quick]
 // Input: the command line, and what the programs it starts print (their JSON reports are parsed
 // by bench/latency-report.h, their logs only searched).
 //
 // Issue 6, point 5: doorbell-to-pixels latency, p50/p99/max and updates per second, on this
-// machine. For each workload (guestsim's small-fills and fullhd scenarios, and the shared windows
-// recording when ../shared/recordings has it) it starts
+// machine. First the machine's floor (bench/machine-floor.h): five process hand-offs with no work,
+// and LZ4 on the full-HD pictures. For each workload (guestsim's small-fills, fullhd and
+// fullhd-bands scenarios, and the shared windows recording when ../shared/recordings has it) it
+// starts
 //   spicebox-broker --unix SOCK --listen 127.0.0.1:0 --disable-ticketing
 //                   --builtin-guest W --guest-args "--stamps --rate R"
 // and runs spicebox-latency against it in the modes shm, shm-tear-free and normal on the unix
@@ -39,6 +41,7 @@
 #include "bench/build-note.h"
 #include "bench/child-process.h"
 #include "bench/latency-report.h"
+#include "bench/machine-floor.h"
 
 #ifndef SPICEBOX_RECORDINGS_DIR
 #define SPICEBOX_RECORDINGS_DIR "../shared/recordings"
@@ -279,19 +282,46 @@ void printVerdicts(const std::vector<TableRow>& rows) {
         shm->p50Us, SHM_P50_TARGET_US, shm->p50Us < SHM_P50_TARGET_US ? "met" : "NOT met",
         shm->p99Us, SHM_P99_TARGET_US, shm->p99Us < SHM_P99_TARGET_US ? "met" : "NOT met");
   }
-  const auto* shm = figuresOf(rows, "fullhd", "spicebox", "shm");
-  const auto* spice = figuresOf(rows, "fullhd", "libspice-server", "normal");
-  if (shm && spice && shm->p50Us > 0) {
-    const double ratio = spice->p50Us / shm->p50Us;
-    fmt::print(
-        "fullhd: libspice-server p50 / spicebox-shm p50 = {:.1f} / {:.1f} = {:.1f}x "
-        "(target >= {:.0f}x: {})\n",
-        spice->p50Us, shm->p50Us, ratio, FULLHD_RATIO_TARGET,
-        ratio >= FULLHD_RATIO_TARGET ? "met" : "NOT met");
-  } else if (std::any_of(rows.begin(), rows.end(),
-                         [](const TableRow& r) { return r.workload == "fullhd"; })) {
-    fmt::print("fullhd: no ratio (a run is missing)\n");
+  for (const char* workload : {"fullhd", "fullhd-bands"}) {
+    const auto* shm = figuresOf(rows, workload, "spicebox", "shm");
+    const auto* spice = figuresOf(rows, workload, "libspice-server", "normal");
+    if (shm && spice && shm->p50Us > 0) {
+      const double ratio = spice->p50Us / shm->p50Us;
+      fmt::print(
+          "{}: libspice-server p50 / spicebox-shm p50 = {:.1f} / {:.1f} = {:.1f}x "
+          "(target >= {:.0f}x: {})\n",
+          workload, spice->p50Us, shm->p50Us, ratio, FULLHD_RATIO_TARGET,
+          ratio >= FULLHD_RATIO_TARGET ? "met" : "NOT met");
+    } else if (std::any_of(rows.begin(), rows.end(),
+                           [&](const TableRow& r) { return r.workload == workload; })) {
+      fmt::print("{}: no ratio (a run is missing)\n", workload);
+    }
   }
+}
+
+// What the table is measured against, on this machine and in this run: the cost of spicebox's
+// five process hand-offs with no work, and how well the full-HD pictures compress.
+void printMachineFloor(const std::vector<std::string>& names) {
+  constexpr unsigned HAND_OFFS = 5;  // VMM -> broker -> renderer -> broker -> netproxy -> client
+  auto floor = measureRelayFloor(HAND_OFFS, 1000, std::chrono::microseconds(5000));
+  if (const auto* f = std::get_if<RelayFloor>(&floor))
+    fmt::print(
+        "machine floor: a message through {} process hand-offs (as from a doorbell to a "
+        "client) with no work: p50 {:.1f} us, p99 {:.1f} us (1000 rounds, 200/s)\n",
+        f->handOffs, f->p50Us, f->p99Us);
+  else
+    fmt::print("machine floor: not measured: {}\n", std::get<std::string>(floor));
+  for (const std::string& n : names) {
+    if (n != "fullhd" && n != "fullhd-bands")
+      continue;
+    auto codec = lz4OnFirstFrame(n, 5);
+    if (const auto* c = std::get_if<CodecFigures>(&codec))
+      fmt::print("{} picture: LZ4 (liblz4, acceleration 1) ratio {:.2f}, {:.0f} MB/s on one core\n",
+                 n, c->ratio, c->megabytesPerS);
+    else
+      fmt::print("{} picture: not measured: {}\n", n, std::get<std::string>(codec));
+  }
+  std::fflush(stdout);
 }
 
 std::optional<fs::path> findRecording(const fs::path& dir) {
@@ -316,12 +346,12 @@ int main(int argc, char** argv) {
       "Doorbell-to-pixels latency of spicebox (shared memory, unix, TCP) and of "
       "libspice-server on the same streams (issue 6)"};
   Settings s;
-  std::vector<std::string> names{"small-fills", "fullhd", "recording"};
+  std::vector<std::string> names{"small-fills", "fullhd", "fullhd-bands", "recording"};
   std::string binDir, recordings = SPICEBOX_RECORDINGS_DIR, logLevel;
   bool quick = false, keep = false;
   app.add_option("--workloads", names, "Which workloads, in order")
       ->delimiter(',')
-      ->check(CLI::IsMember({"small-fills", "fullhd", "recording"}))
+      ->check(CLI::IsMember({"small-fills", "fullhd", "fullhd-bands", "recording"}))
       ->capture_default_str();
   app.add_option("--bin-dir", binDir,
                  "Where spicebox-broker, spicebox-latency and spicebox-bench-spice-serve are "
@@ -369,8 +399,8 @@ int main(int argc, char** argv) {
   for (const auto& n : names) {
     if (n == "small-fills")
       workloads.push_back({n, "small-fills", "", 200, 1000, 100});
-    else if (n == "fullhd")
-      workloads.push_back({n, "fullhd", "", 30, 240, 30});
+    else if (n == "fullhd" || n == "fullhd-bands")
+      workloads.push_back({n, n, "", 30, 240, 30});
     else if (auto rec = findRecording(s.recordings))
       workloads.push_back({"windows.rec", "", rec->string(), 200, 1000, 100});
     else {
@@ -381,6 +411,7 @@ int main(int argc, char** argv) {
       rows.push_back({"recording", "-", "-", "-", std::nullopt, "SKIPPED: no recording"});
     }
   }
+  printMachineFloor(names);
   for (const Workload& w : workloads) {
     fmt::print("== {} at {:g} updates/s, {} updates after {} warm-up\n", w.name, w.rate,
                static_cast<uint64_t>(w.updates * s.scale),

@@ -47,7 +47,8 @@ using namespace spicebox::bench;
 // Rate for recordings (their own timestamps are not replayed): updates per second.
 constexpr double DEFAULT_RECORDING_RATE = 200;
 // Commands materialised from a scenario when --count is not given: enough distinct updates that
-// a loop shows new pixels every time, few enough to lay out in a second. fullhd frames are 8 MB.
+// a loop shows new pixels every time, few enough to lay out in a second. fullhd(-bands) frames are
+// 8 MB.
 constexpr uint64_t DEFAULT_COUNT = 2048;
 constexpr uint64_t DEFAULT_FULLHD_COUNT = 8;
 
@@ -193,7 +194,8 @@ int serve(const Options& o) {
     loaded = loadRecording(o.replay);
   } else {
     const uint64_t count =
-        o.count ? o.count : (o.scenario == "fullhd" ? DEFAULT_FULLHD_COUNT : DEFAULT_COUNT);
+        o.count ? o.count
+                : (o.scenario.rfind("fullhd", 0) == 0 ? DEFAULT_FULLHD_COUNT : DEFAULT_COUNT);
     loaded = loadScenario(o.scenario, count, o.seed);
   }
   if (auto* error = std::get_if<std::string>(&loaded)) {
@@ -320,7 +322,7 @@ int main(int argc, char** argv) {
   auto* replay = app.add_option("--replay", o.replay, "SPICE_REPLAY recording to play (.xz ok)");
   scenario->excludes(replay);
   app.add_option("--count", o.count,
-                 "Scenario commands laid out and looped (default 2048; fullhd 8)");
+                 "Scenario commands laid out and looped (default 2048; fullhd and fullhd-bands 8)");
   app.add_option("--seed", o.seed, "Scenario seed")->capture_default_str();
   app.add_option("--rate", o.rate,
                  "Updates per second (default: the scenario's own rate; 200 for recordings)")
