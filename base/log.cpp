@@ -39,12 +39,47 @@ class FdSink : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
   int fd_;
 };
 
+// Remembers the last record at warning level or above, for lastProblem().
+class LastProblemSink : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  std::string last() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return last_;
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    if (msg.level < spdlog::level::warn)
+      return;
+    spdlog::memory_buf_t formatted;
+    formatter_->format(msg, formatted);
+    last_.assign(formatted.data(), formatted.size());
+    while (!last_.empty() && (last_.back() == '\n' || last_.back() == '\r'))
+      last_.pop_back();
+  }
+  void flush_() override {}
+
+ private:
+  std::string last_;
+};
+
+std::shared_ptr<LastProblemSink>& lastProblemSink() {
+  static auto sink = std::make_shared<LastProblemSink>();
+  return sink;
+}
+
 }  // namespace
+
+std::string lastProblem() {
+  return lastProblemSink()->last();
+}
 
 void initLogging(const std::string& processName, int fd, const std::string& level) {
   ::tzset();  // Reads /etc/localtime now, while the process may still open files.
-  auto logger = std::make_shared<spdlog::logger>(processName, std::make_shared<FdSink>(fd));
+  spdlog::sinks_init_list sinks{std::make_shared<FdSink>(fd), lastProblemSink()};
+  auto logger = std::make_shared<spdlog::logger>(processName, sinks);
   logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %n[%P] %^%l%$: %v");
+  lastProblemSink()->set_pattern("%Y-%m-%d %H:%M:%S %l: %v");
   std::string wanted = level;
   if (const char* env = std::getenv("SPICEBOX_LOG"); wanted.empty() && env)
     wanted = env;

@@ -14,4 +14,8 @@ namespace spicebox::base {
 // write(2) and the clock.
 void initLogging(const std::string& processName, int fd = 2, const std::string& level = "");
 
+// The last warning or error this process logged ("2026-12-07 16:21:54 error: ..."), empty when
+// none was: what a status report calls the last error.
+std::string lastProblem();
+
 }  // namespace spicebox::base

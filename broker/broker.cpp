@@ -13,6 +13,7 @@
 #include <utility>
 
 #include <spdlog/spdlog.h>
+#include "base/log.h"
 #include "base/syscall.h"
 #include "broker/peer-netproxy.h"
 #include "broker/peer-renderer.h"
@@ -140,6 +141,17 @@ int Broker::run() {
   // at once.
   if (!openListeners())
     return 2;
+  if (!config_.statusSocket.empty()) {
+    auto made = listenUnix(UnixSocketOptions{config_.statusSocket, 0600, "", ""});
+    if (auto* error = std::get_if<std::string>(&made)) {
+      spdlog::error("--status-socket: {}", *error);
+      return 2;
+    }
+    statusServer_ = std::make_unique<StatusServer>(
+        &loop_, std::move(std::get<ListeningSocket>(made)), [this] { return statusReport(); });
+    spdlog::info("status on {} (spicebox-ctl --status-socket {} status)", config_.statusSocket,
+                 config_.statusSocket);
+  }
   startVmm();
   uv_timer_init(&loop_, statusTimer_.get());
   statusTimer_->data = this;
@@ -449,6 +461,8 @@ Broker::BatchOutputPlan Broker::planBatch(std::span<const qxl::WorkItem> items) 
   }
   plan.primaryAfter = plannedPrimary_;
   plan.segmentAfter = segment_;
+  for (const qxl::WorkItem& item : items)
+    plan.commands += std::holds_alternative<qxl::CommandItem>(item) ? 1 : 0;
   return plan;
 }
 
@@ -494,6 +508,11 @@ ipc::Channel::Verdict Broker::onRendererMessage(const BoundaryMessage& message) 
   if (plan != plans_.end() && plan->second.segmentAfter && done.buffer == 1 &&
       plan->second.segmentAfter->layout.backOffset == 0)
     return fmt::format("batchDone {} names buffer 1 of a segment that has one buffer", done.seq);
+  if (plan != plans_.end()) {
+    const uint32_t rejected = std::min(done.rejected, plan->second.commands);
+    commandsRendered_ += plan->second.commands - rejected;
+    commandsRejected_ += rejected;
+  }
   const bool reads =
       forwardOutput(plan != plans_.end() ? plan->second.segmentAfter : nullptr, done);
   gateOutput(done.seq, reads);
@@ -546,10 +565,49 @@ void Broker::shutdown(int exitStatus) {
 void Broker::finish() {
   // No child process is left. Closing the last handles lets uv_run() return.
   vmm_.reset();  // the VMM sees its connection end
+  statusServer_.reset();
   statusTimer_.close();
   sigterm_.close();
   sigint_.close();
   uv_stop(&loop_);
+}
+
+StatusReport Broker::statusReport() const {
+  StatusReport r;
+  r.pid = ::getpid();
+  r.uptimeSeconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - startedAt_).count();
+  for (const Child* child : {renderer_.get(), netproxy_.get()}) {
+    ChildStatus c;
+    c.name = child->name();
+    c.state = toString(child->state());
+    c.pid = child->pid();
+    c.restarts = child->restarts();
+    c.sandbox = child->state() == ChildState::Ready ? sandbox::toString(child->sandboxLevel()) : "";
+    c.lastExit = child->lastExit();
+    r.children.push_back(std::move(c));
+  }
+  r.vmmLinked = vmm_ && vmm_->linked();
+  r.vmm = vmm_ ? vmm_->describe() : "no VMM (--vmm-socket not given, no built-in guest)";
+  if (shownSegment_) {
+    r.displayWidth = shownSegment_->layout.width;
+    r.displayHeight = shownSegment_->layout.height;
+    r.displaySegment = shownSegment_->layout.generation;
+  }
+  r.sessions = clients_.sessions;
+  r.connections = clients_.connections;
+  r.refused = clients_.refused;
+  r.shm = clients_.shm;
+  r.tearFree = clients_.tearFree;
+  r.commandsRendered = commandsRendered_;
+  r.commandsRejected = commandsRejected_;
+  r.commandsQuarantined = commandsQuarantined_;
+  r.commandsReleased = vmm_ ? vmm_->released() : 0;
+  r.damageRects = damageRects_;
+  r.hints = hints_;
+  r.inputs = inputs_;
+  r.lastError = base::lastProblem();
+  return r;
 }
 
 void Broker::reportStatus() {

@@ -20,6 +20,7 @@
 #include "broker/listeners.h"
 #include "broker/peer-netproxy.h"
 #include "broker/peer-renderer.h"
+#include "broker/status.h"
 #include "broker/vmm-link.h"
 #include "sandbox/sandbox.h"
 
@@ -43,6 +44,9 @@ struct Config {
   // ticketing disabled, client limit, image compression, mouse mode. `listeners` is filled by
   // the broker from the sockets it opens.
   NetproxySettings clients;
+  // --status-socket: where `spicebox-ctl status` reads the broker's state (broker/status.h);
+  // empty: no status socket.
+  std::string statusSocket;
 };
 
 // Path of the built-in guest's binary for `config`.
@@ -85,6 +89,8 @@ class Broker {
   void shutdown(int exitStatus);
   void finish();
   void reportStatus();
+  // The state `spicebox-ctl status` prints.
+  StatusReport statusReport() const;
 
   // The device path: VMM link <-> renderer.
   void onRendererReady();
@@ -116,6 +122,7 @@ class Broker {
     std::shared_ptr<DisplaySegment> segment;
     std::optional<PrimarySize> primaryAfter;
     std::shared_ptr<DisplaySegment> segmentAfter;  // the primary's segment when the batch ends
+    uint32_t commands = 0;                         // items that are guest commands
   };
   BatchOutputPlan planBatch(std::span<const qxl::WorkItem> items);
   void dropSegments();
@@ -156,12 +163,17 @@ class Broker {
   std::optional<uint64_t> staleSync_;
   bool fullFrameNext_ = false;
   uint64_t inputs_ = 0;
+  uint64_t commandsRendered_ = 0;
+  uint64_t commandsRejected_ = 0;
+  uint64_t commandsQuarantined_ = 0;
   uint64_t damageRects_ = 0;
   uint64_t hints_ = 0;
   bool shuttingDown_ = false;
   bool notifiedReady_ = false;
   int exitStatus_ = 0;
   std::string lastStatus_;
+  std::chrono::steady_clock::time_point startedAt_ = std::chrono::steady_clock::now();
+  std::unique_ptr<StatusServer> statusServer_;
 };
 
 }  // namespace spicebox::broker

@@ -81,6 +81,8 @@ class Child {
   ChildState state() const { return state_; }
   pid_t pid() const { return pid_; }
   int restarts() const { return restarts_; }
+  // How the last incarnation ended ("killed by SIGKILL"); empty while none has.
+  const std::string& lastExit() const { return lastExit_; }
   sandbox::Level sandboxLevel() const { return sandboxLevel_; }
   // One line for logs and sd_notify STATUS, e.g. "renderer ready (pid 12, sandbox full, 3
   // restarts)".

@@ -54,6 +54,9 @@ int main(int argc, char** argv) {
   app.add_option("--vmm-socket", config.vmmSocket,
                  "Listen for a VMM (qxl-link, docs/protocol.md) on this unix socket path, created "
                  "with mode 0600; a stale socket there is replaced");
+  app.add_option("--status-socket", config.statusSocket,
+                 "Serve the broker's state on this unix socket path (mode 0600), for "
+                 "`spicebox-ctl --status-socket PATH status [--json]`");
   app.add_option("--builtin-guest", config.builtinGuest,
                  "Without --vmm-socket: start spicebox-guestsim (from --libexec-dir) with this "
                  "scenario as the VMM, over a private socket; 'none' starts no guest")

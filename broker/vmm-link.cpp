@@ -713,6 +713,8 @@ void VmmLink::onClosed(const std::string& closeReason) {
   SB_ASSERT(connection_);
   const std::string reason = closeReason;  // may live in the channel destroyed below
   const bool wasLinked = connection_->phase == Phase::Linked;
+  if (connection_->device)
+    stats_.releasedByEarlierLinks += connection_->device->stats().released;
   connection_.reset();  // from the close handler: permitted (ipc/channel.h); unmaps the BARs
   if (wasLinked && socketPath_.empty())
     spdlog::info("VMM unlinked: {}; no other VMM can link (it was the built-in guest)", reason);

@@ -135,6 +135,7 @@ class VmmLink : private qxl::DeviceOutput {
     uint64_t ioWrites = 0;            // ioWrite messages with a known port
     uint64_t unknownIoPorts = 0;      // ioWrite messages with a port that is no QXL_IO_*: ignored
     uint64_t inputs = 0;              // input events sent to the VMM
+    uint64_t releasedByEarlierLinks = 0;  // commands released by devices of ended links
   };
 
   // Listens on `socketPath` (SOCK_SEQPACKET, mode 0600). A stale socket there is replaced;
@@ -166,6 +167,10 @@ class VmmLink : private qxl::DeviceOutput {
   // when no VMM is linked (the event is dropped).
   bool sendInput(const NetproxyInput& input);
   const Stats& stats() const { return stats_; }
+  // Commands released to guests since the broker started, by every link.
+  uint64_t released() const {
+    return stats_.releasedByEarlierLinks + (device() ? device()->stats().released : 0);
+  }
   const std::string& socketPath() const { return socketPath_; }
   // One line for logs and sd_notify STATUS: "vmm linked (ram 64 MiB, vram 64 MiB, 12 commands, 12
   // released)" or "vmm not linked".
