@@ -85,6 +85,8 @@ Broker::~Broker() {
   vmm_.reset();
   builtinGuest_.reset();
   statusTimer_.close();
+  localTimer_.close();
+  deadlineTimer_.close();
   renderer_.reset();
   netproxy_.reset();
   sigterm_.close();
@@ -122,6 +124,7 @@ int Broker::run() {
       .onGaveUp = [this](const std::string&) { shutdown(1); },
       .onReady = nullptr,
       .onMessage = nullptr,
+      .onDied = nullptr,
   };
   Child::Events netproxyEvents = events;
   netproxyEvents.onStateChange = [this] {
@@ -133,6 +136,11 @@ int Broker::run() {
   Child::Events rendererEvents = events;
   rendererEvents.onReady = [this] { onRendererReady(); };
   rendererEvents.onMessage = [this](const BoundaryMessage& m) { return onRendererMessage(m); };
+  rendererEvents.onDied = [this](const ChildDeath& death) { onRendererDied(death); };
+  for (auto* timer : {&localTimer_, &deadlineTimer_}) {
+    uv_timer_init(&loop_, timer->get());
+    (*timer)->data = this;
+  }
   renderer_ = std::make_unique<Child>(&loop_, makeRendererPeer(), childSpec("renderer"),
                                       config_.supervision, rendererEvents);
   netproxy_ = std::make_unique<Child>(&loop_, makeNetproxyPeer(), childSpec("netproxy"),
@@ -205,6 +213,9 @@ void Broker::onRendererReady() {
   // it from rendererAvailable()).
   inFlight_.clear();
   orphaned_.clear();
+  localBatches_.clear();
+  rendererWaitsForTaken_ = false;
+  disarmBatchDeadline();
   ++rendererIncarnation_;
   // The old renderer's wait is over with it; the netproxy's answer to it is ignored.
   if (awaitingSync_)
@@ -334,6 +345,96 @@ void Broker::sendOutputTaken(uint64_t seq) {
   capnp::MallocMessageBuilder message;
   buildOutputTaken(message, seq);
   renderer_->send(message);  // no ready renderer: its successor starts without waiting
+  rendererWaitsForTaken_ = false;
+  // It goes on with the next batch it has, if any.
+  if (!inFlight_.empty() && !localBatches_.count(inFlight_.front()))
+    armBatchDeadline();
+}
+
+void Broker::armBatchDeadline() {
+  uv_timer_start(
+      deadlineTimer_.get(),
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Broker*>(t->data);
+        if (self->inFlight_.empty() || self->renderer_->state() != ChildState::Ready)
+          return;
+        self->renderer_->kill(
+            fmt::format("it did not finish batch {} within the batch deadline of {} ms",
+                        self->inFlight_.front(), self->config_.batchDeadline.count()),
+            true);
+      },
+      static_cast<uint64_t>(config_.batchDeadline.count()), 0);
+}
+
+void Broker::disarmBatchDeadline() {
+  uv_timer_stop(deadlineTimer_.get());
+}
+
+void Broker::completeLocalBatches() {
+  while (!inFlight_.empty() && localBatches_.count(inFlight_.front())) {
+    const uint64_t seq = inFlight_.front();
+    inFlight_.pop_front();
+    localBatches_.erase(seq);
+    plans_.erase(seq);
+    if (vmm_ && vmm_->device() && vmm_->device()->batchesInFlight() > 0)
+      vmm_->batchDone(seq);
+  }
+}
+
+void Broker::onRendererDied(const ChildDeath& death) {
+  disarmBatchDeadline();
+  if (!recovery_ || inFlight_.empty())
+    return;
+  const auto progress = renderer::recovery::readProgress(recovery_->view->state());
+  if (progress.phase != renderer::recovery::Phase::Running || progress.seq != inFlight_.front())
+    return;  // between commands: nothing to blame
+  auto plan = plans_.find(progress.seq);
+  if (plan == plans_.end() || progress.index >= plan->second.itemNames.size())
+    return;  // not a batch and item we sent (a compromised renderer's record): nothing to blame
+  const std::string& what = plan->second.itemNames[progress.index];
+  if (death.fromOutside || !(death.crashed || death.hung)) {
+    spdlog::info(
+        "renderer ended ({}) in batch {} item {} ({}): not the command's doing, not "
+        "counted against it",
+        death.how, progress.seq, progress.index, what);
+    return;
+  }
+  const int deaths = ++deathsAt_[{progress.seq, progress.index}];
+  spdlog::warn("renderer {} in batch {} item {} ({}): {} time{} for this item", death.how,
+               progress.seq, progress.index, what, deaths, deaths == 1 ? "" : "s");
+  if (deaths >= DEATHS_TO_QUARANTINE)
+    quarantine(progress.seq, progress.index);
+}
+
+void Broker::quarantine(uint64_t seq, uint32_t index) {
+  auto& list = quarantined_[seq];
+  if (std::find(list.begin(), list.end(), index) != list.end())
+    return;
+  list.push_back(index);
+  ++commandsQuarantined_;
+  const auto plan = plans_.find(seq);
+  spdlog::error(
+      "quarantined batch {} item {} ({}): it brought the renderer down {} times; it is released "
+      "to the guest without being drawn ({} quarantined so far)",
+      seq, index, plan != plans_.end() ? plan->second.itemNames[index] : "?", DEATHS_TO_QUARANTINE,
+      commandsQuarantined_);
+  const auto now = std::chrono::steady_clock::now();
+  recentQuarantines_.push_back(now);
+  while (!recentQuarantines_.empty() && now - recentQuarantines_.front() > QUARANTINE_WINDOW)
+    recentQuarantines_.pop_front();
+  if (recentQuarantines_.size() >= QUARANTINES_TO_STOP && !renderingStopped_)
+    stopRendering(fmt::format(
+        "{} commands quarantined within {} s: the guest is sending commands that crash the "
+        "renderer; its commands are released without drawing and clients keep the last picture "
+        "until the guest's link ends",
+        recentQuarantines_.size(), QUARANTINE_WINDOW.count()));
+  reportStatus();
+}
+
+void Broker::stopRendering(const std::string& why) {
+  renderingStopped_ = true;
+  renderingNote_ = why;
+  spdlog::critical("rendering STOPPED for this guest: {}", why);
 }
 
 void Broker::onNetproxyStateChange() {
@@ -371,8 +472,32 @@ ipc::Channel::Verdict Broker::onNetproxyMessage(const BoundaryMessage& message) 
 }
 
 void Broker::onLinked() {
+  if (!createRecoveryArea())
+    spdlog::error(
+        "no recovery area for this guest: a renderer that dies loses its surfaces (is memory "
+        "short?)");
   reportStatus();
   connectRendererToDevice();
+}
+
+bool Broker::createRecoveryArea() {
+  recovery_.reset();
+  const uint64_t size = renderer::recovery::areaBytes(config_.arenaBytes);
+  base::Fd fd(::memfd_create("spicebox-recovery", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0 ||
+      ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    spdlog::error("cannot make the {}-byte recovery area: {}", size, std::strerror(errno));
+    return false;
+  }
+  base::Fd viewFd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+  auto view = renderer::recovery::Area::map(std::move(viewFd), config_.arenaBytes, false);
+  if (auto* error = std::get_if<std::string>(&view)) {
+    spdlog::error("recovery area: {}", *error);
+    return false;
+  }
+  recovery_ =
+      Recovery{std::move(fd), std::move(std::get<std::unique_ptr<renderer::recovery::Area>>(view))};
+  return true;
 }
 
 void Broker::onUnlinked() {
@@ -380,6 +505,16 @@ void Broker::onUnlinked() {
   // accepted in order and ignored.
   orphaned_.insert(orphaned_.end(), inFlight_.begin(), inFlight_.end());
   inFlight_.clear();
+  localBatches_.clear();
+  disarmBatchDeadline();
+  recovery_.reset();
+  deathsAt_.clear();
+  quarantined_.clear();
+  recentQuarantines_.clear();
+  if (renderingStopped_)
+    spdlog::info("the guest's link ended: rendering starts again for the next one");
+  renderingStopped_ = false;
+  renderingNote_.clear();
   dropSegments();
   if (cursor_) {
     // The guest's pointer went with it: clients see none until the next guest sets one.
@@ -407,7 +542,17 @@ void Broker::connectRendererToDevice() {
   const int fds[] = {bars->ram.fd(), bars->vram.fd()};
   if (!renderer_->send(message, fds))
     return;  // the renderer is being replaced; its successor gets here from onRendererReady()
-  // The picture lives on in the segment: the new renderer gets it before the batches.
+  if (recovery_) {
+    capnp::MallocMessageBuilder area;
+    buildRecoveryArea(area, config_.arenaBytes);
+    const int areaFd[] = {recovery_->fd.get()};
+    if (!renderer_->send(area, areaFd))
+      return;
+  }
+  // The picture lives on in the segments: the one the shown primary is drawn into (the recovery
+  // area's primary record names it), then the newest, before the batches.
+  if (shownSegment_ && shownSegment_ != segment_ && !sendSegment(*shownSegment_))
+    return;
   if (segment_ && !sendSegment(*segment_))
     return;
   vmm_->rendererAvailable();
@@ -461,8 +606,18 @@ Broker::BatchOutputPlan Broker::planBatch(std::span<const qxl::WorkItem> items) 
   }
   plan.primaryAfter = plannedPrimary_;
   plan.segmentAfter = segment_;
-  for (const qxl::WorkItem& item : items)
-    plan.commands += std::holds_alternative<qxl::CommandItem>(item) ? 1 : 0;
+  for (const qxl::WorkItem& item : items) {
+    if (const auto* command = std::get_if<qxl::CommandItem>(&item)) {
+      ++plan.commands;
+      plan.itemNames.push_back(
+          fmt::format("command of type {} at guest address {:#x}", command->type, command->addr));
+    } else {
+      static constexpr const char* NAMES[] = {"command",        "createPrimary",   "destroyPrimary",
+                                              "destroySurface", "destroySurfaces", "updateArea",
+                                              "monitorsConfig", "memslots",        "reset"};
+      plan.itemNames.push_back(NAMES[item.index()]);
+    }
+  }
   return plan;
 }
 
@@ -472,15 +627,35 @@ bool Broker::sendBatch(uint64_t seq, std::span<const qxl::WorkItem> items) {
   auto it = plans_.find(seq);
   if (it == plans_.end())
     it = plans_.emplace(seq, planBatch(items)).first;
+  if (renderingStopped_) {
+    // Released without drawing, in its turn after the batches the renderer still has.
+    inFlight_.push_back(seq);
+    localBatches_.insert(seq);
+    uv_timer_start(
+        localTimer_.get(),
+        [](uv_timer_t* t) { static_cast<Broker*>(t->data)->completeLocalBatches(); }, 0, 0);
+    return true;
+  }
   if (renderer_->state() != ChildState::Ready)
     return false;
   if (it->second.segment && !sendSegment(*it->second.segment))
     return false;
   capnp::MallocMessageBuilder message;
-  buildBatch(message, seq, items);
+  auto skip = quarantined_.find(seq);
+  // A batch sent again may start with the memslot table it was built with (Device::
+  // rendererAvailable): not one of its numbered items.
+  const size_t numbered = it->second.itemNames.size();
+  const uint32_t prefix =
+      items.size() > numbered ? static_cast<uint32_t>(items.size() - numbered) : 0;
+  buildBatch(message, seq, items, prefix,
+             skip != quarantined_.end() ? std::span<const uint32_t>(skip->second)
+                                        : std::span<const uint32_t>{});
   if (!renderer_->send(message))
     return false;
+  const bool idle = inFlight_.empty() && !rendererWaitsForTaken_;
   inFlight_.push_back(seq);
+  if (idle)
+    armBatchDeadline();
   return true;
 }
 
@@ -508,11 +683,20 @@ ipc::Channel::Verdict Broker::onRendererMessage(const BoundaryMessage& message) 
   if (plan != plans_.end() && plan->second.segmentAfter && done.buffer == 1 &&
       plan->second.segmentAfter->layout.backOffset == 0)
     return fmt::format("batchDone {} names buffer 1 of a segment that has one buffer", done.seq);
+  disarmBatchDeadline();
+  rendererWaitsForTaken_ = true;
   if (plan != plans_.end()) {
-    const uint32_t rejected = std::min(done.rejected, plan->second.commands);
-    commandsRendered_ += plan->second.commands - rejected;
+    auto skipped = quarantined_.find(done.seq);
+    const uint32_t quarantinedHere =
+        skipped != quarantined_.end() ? static_cast<uint32_t>(skipped->second.size()) : 0;
+    const uint32_t drawable =
+        plan->second.commands - std::min(quarantinedHere, plan->second.commands);
+    const uint32_t rejected = std::min(done.rejected, drawable);
+    commandsRendered_ += drawable - rejected;
     commandsRejected_ += rejected;
   }
+  quarantined_.erase(done.seq);
+  deathsAt_.erase(deathsAt_.lower_bound({done.seq, 0}), deathsAt_.lower_bound({done.seq + 1, 0}));
   const bool reads =
       forwardOutput(plan != plans_.end() ? plan->second.segmentAfter : nullptr, done);
   gateOutput(done.seq, reads);
@@ -529,6 +713,11 @@ ipc::Channel::Verdict Broker::onRendererMessage(const BoundaryMessage& message) 
     return std::nullopt;
   }
   vmm_->batchDone(done.seq);
+  // Batches answered here while rendering is stopped may be next in line.
+  if (!inFlight_.empty() && localBatches_.count(inFlight_.front()))
+    uv_timer_start(
+        localTimer_.get(),
+        [](uv_timer_t* t) { static_cast<Broker*>(t->data)->completeLocalBatches(); }, 0, 0);
   return std::nullopt;
 }
 
@@ -566,6 +755,8 @@ void Broker::finish() {
   // No child process is left. Closing the last handles lets uv_run() return.
   vmm_.reset();  // the VMM sees its connection end
   statusServer_.reset();
+  localTimer_.close();
+  deadlineTimer_.close();
   statusTimer_.close();
   sigterm_.close();
   sigint_.close();
@@ -606,6 +797,8 @@ StatusReport Broker::statusReport() const {
   r.damageRects = damageRects_;
   r.hints = hints_;
   r.inputs = inputs_;
+  r.renderingStopped = renderingStopped_;
+  r.renderingNote = renderingNote_;
   r.lastError = base::lastProblem();
   return r;
 }

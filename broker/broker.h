@@ -6,11 +6,13 @@
 
 #include <uv.h>
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 
@@ -22,6 +24,7 @@
 #include "broker/peer-renderer.h"
 #include "broker/status.h"
 #include "broker/vmm-link.h"
+#include "renderer/recovery.h"
 #include "sandbox/sandbox.h"
 
 namespace spicebox::broker {
@@ -47,7 +50,19 @@ struct Config {
   // --status-socket: where `spicebox-ctl status` reads the broker's state (broker/status.h);
   // empty: no status socket.
   std::string statusSocket;
+  // --batch-deadline: a renderer that has not finished the batch it works on after this long is
+  // killed and replaced (it counts against the command it was in, as a crash does).
+  Millis batchDeadline{5000};
+  // --surface-memory: bytes of the recovery area's surface arena (offscreen surfaces' pixels).
+  uint64_t arenaBytes = renderer::recovery::DEFAULT_ARENA_BYTES;
 };
+
+// Quarantine policy (issue 7): a command is quarantined once it brought the renderer down this
+// many times; when this many commands are quarantined within the window, the guest is attacking
+// on purpose and the broker stops rendering for it (the last picture stays; released undrawn).
+inline constexpr int DEATHS_TO_QUARANTINE = 2;
+inline constexpr size_t QUARANTINES_TO_STOP = 3;
+inline constexpr std::chrono::seconds QUARANTINE_WINDOW{60};
 
 // Path of the built-in guest's binary for `config`.
 std::string builtinGuestPath(const Config& config);
@@ -94,6 +109,19 @@ class Broker {
 
   // The device path: VMM link <-> renderer.
   void onRendererReady();
+  // A renderer incarnation ended: if it was in the middle of a command (the recovery area's
+  // progress record), and died of it (a crash or a hang, not a kill from outside), that command
+  // counts a death; at DEATHS_TO_QUARANTINE it is quarantined.
+  void onRendererDied(const ChildDeath& death);
+  void quarantine(uint64_t seq, uint32_t index);
+  void stopRendering(const std::string& why);
+  // The link's recovery area (renderer/recovery.h), made at link.
+  bool createRecoveryArea();
+  // Batches the broker answers itself while rendering is stopped, in their turn.
+  void completeLocalBatches();
+  // The renderer's per-batch deadline: runs while it works on a batch.
+  void armBatchDeadline();
+  void disarmBatchDeadline();
   // The netproxy: its configuration and listening sockets, the picture, the pointer.
   void onNetproxyReady();
   ipc::Channel::Verdict onNetproxyMessage(const BoundaryMessage& message);
@@ -123,6 +151,8 @@ class Broker {
     std::optional<PrimarySize> primaryAfter;
     std::shared_ptr<DisplaySegment> segmentAfter;  // the primary's segment when the batch ends
     uint32_t commands = 0;                         // items that are guest commands
+    // What each item is, for the log line of a quarantine: "DRAW command at 0x..", "createPrimary".
+    std::vector<std::string> itemNames;
   };
   BatchOutputPlan planBatch(std::span<const qxl::WorkItem> items);
   void dropSegments();
@@ -155,6 +185,24 @@ class Broker {
   uint8_t shownBuffer_ = 0;  // the buffer of shownSegment_ holding the picture (last batchDone)
   std::optional<RendererCursor> cursor_;
   uint64_t rendererIncarnation_ = 0;  // renderer processes that reported ready
+  // The VMM link's recovery area: the memfd every renderer incarnation gets, and the broker's
+  // read-only view of it (the progress record, read after a death).
+  struct Recovery {
+    base::Fd fd;
+    std::unique_ptr<renderer::recovery::Area> view;
+  };
+  std::optional<Recovery> recovery_;
+  // Deaths counted against (batch seq, item index), the items quarantined per batch, when the
+  // recent quarantines were, and whether rendering is stopped for this guest (and why).
+  std::map<std::pair<uint64_t, uint32_t>, int> deathsAt_;
+  std::map<uint64_t, std::vector<uint32_t>> quarantined_;
+  std::deque<std::chrono::steady_clock::time_point> recentQuarantines_;
+  bool renderingStopped_ = false;
+  std::string renderingNote_;
+  std::set<uint64_t> localBatches_;  // in inFlight_, answered here (rendering stopped)
+  base::UvHandle<uv_timer_t> localTimer_;
+  base::UvHandle<uv_timer_t> deadlineTimer_;
+  bool rendererWaitsForTaken_ = false;  // after its batchDone, until outputTaken
   NetproxyClients clients_;
   // The sync outstanding at the netproxy (the renderer waits for it), one whose renderer is gone
   // (its synced is accepted and ignored), and whether the next frame must be the whole picture

@@ -191,6 +191,7 @@ void Child::spawn() {
 
   theirs.reset();
   killed_ = false;
+  killedHung_ = false;
   pid_ = pid;
   // pidfd: the exit is an event on the loop, with no SIGCHLD handler and no pid reuse race (the
   // child stays a zombie until we reap it).
@@ -291,7 +292,8 @@ void Child::onHeartbeatTick() {
     return;
   if (millisSince(lastPongAt_) > policy_.heartbeatTimeout.count()) {
     killChild("it stopped answering heartbeats (none for " +
-              std::to_string(millisSince(lastPongAt_)) + " ms)");
+                  std::to_string(millisSince(lastPongAt_)) + " ms)",
+              true);
     return;
   }
   peer_->sendPing(*channel_, ++pingSeq_);
@@ -303,10 +305,15 @@ bool Child::send(capnp::MessageBuilder& message, std::span<const int> fds) {
   return channel_->send(message, fds);
 }
 
-void Child::killChild(const std::string& why) {
+void Child::kill(const std::string& why, bool hung) {
+  killChild(why, hung);
+}
+
+void Child::killChild(const std::string& why, bool hung) {
   if (pid_ <= 0 || killed_)
     return;
   killed_ = true;
+  killedHung_ = hung;
   spdlog::warn("killing {} (pid {}): {}", name(), pid_, why);
   ::kill(pid_, SIGKILL);
   uv_timer_stop(heartbeatTimer_.get());
@@ -334,11 +341,22 @@ void Child::onExited() {
       done();
     return;
   }
+  ChildDeath death;
+  death.how = lastExit_;
+  death.wasReady = readyThisRun_;
+  if (reaped > 0 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) {
+    death.hung = killed_ && killedHung_;
+    death.fromOutside = !killed_;
+  } else if (reaped > 0) {
+    death.crashed = WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) != 0);
+  }
+  if (events_.onDied)
+    events_.onDied(death);
   scheduleRestart(name() + std::string(" (pid ") + std::to_string(oldPid) + ") " + lastExit_,
-                  !readyThisRun_);
+                  !readyThisRun_, death.fromOutside);
 }
 
-void Child::scheduleRestart(const std::string& why, bool startupFailure) {
+void Child::scheduleRestart(const std::string& why, bool startupFailure, bool fromOutside) {
   if (startupFailure) {
     if (++startupFailures_ >= policy_.maxStartupFailures) {
       std::string message = std::string(name()) + " failed " + std::to_string(startupFailures_) +
@@ -355,11 +373,18 @@ void Child::scheduleRestart(const std::string& why, bool startupFailure) {
   } else if (millisSince(readyAt_) >= policy_.healthyAfter.count()) {
     recentDeaths_ = 0;  // it was healthy for a while: this death starts a new backoff
   }
-  ++recentDeaths_;
-  auto delay = policy_.restartDelayMin.count();
-  for (int i = 1; i < recentDeaths_ && delay < policy_.restartDelayMax.count(); ++i)
-    delay *= 2;
-  delay = std::min<long>(delay, policy_.restartDelayMax.count());
+  // The first death after a healthy run is replaced at once (clients and the guest wait on it);
+  // repeated ones back off from restartDelayMin, doubling. A ready child killed from outside (an
+  // operator, the OOM killer) is not in a crash loop of its own: replaced at once, not counted.
+  if (!fromOutside || startupFailure)
+    ++recentDeaths_;
+  long delay = 0;
+  if (startupFailure || (!fromOutside && recentDeaths_ > 1)) {
+    delay = policy_.restartDelayMin.count();
+    for (int i = 2; i < recentDeaths_ && delay < policy_.restartDelayMax.count(); ++i)
+      delay *= 2;
+    delay = std::min<long>(delay, policy_.restartDelayMax.count());
+  }
   spdlog::warn("{}; restarting it in {} ms", why, delay);
   setState(ChildState::WaitingRestart);
   uv_timer_start(

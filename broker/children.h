@@ -43,6 +43,16 @@ struct ChildSpec {
   std::vector<std::string> args;  // arguments after argv[0]
 };
 
+// How an incarnation that was not being stopped ended, for the owner's policy (the broker
+// quarantines a command that brings the renderer down twice, but not for kills from outside).
+struct ChildDeath {
+  std::string how;        // "killed by SIGSEGV", "exited with status 1"
+  bool wasReady = false;  // it had reported ready
+  bool crashed = false;  // it died of its own fault: a signal other than SIGKILL, or a failure exit
+  bool hung = false;     // killed here for not answering: heartbeats, or kill(..., hung)
+  bool fromOutside = false;  // SIGKILL that nobody here sent (an operator, the OOM killer, a test)
+};
+
 // What a child looks like from outside, for status reports.
 enum class ChildState { Starting, Ready, WaitingRestart, Stopping, Stopped, GaveUp };
 const char* toString(ChildState state);
@@ -59,6 +69,8 @@ class Child {
     // child sent what it may not (the permit table): it is killed and replaced. Unset: every
     // boundary message is refused.
     std::function<ipc::Channel::Verdict(const BoundaryMessage& message)> onMessage;
+    // An incarnation ended while it was not being stopped (before its restart is scheduled).
+    std::function<void(const ChildDeath& death)> onDied;
   };
 
   Child(uv_loop_t* loop, std::unique_ptr<ChildPeer> peer, ChildSpec spec, SupervisionPolicy policy,
@@ -73,6 +85,9 @@ class Child {
   void stop(std::function<void()> done);
   // SIGKILL now (second Ctrl-C); the exit is still reaped and `done` of stop() still runs.
   void killNow();
+  // SIGKILL the current incarnation for `why` (logged); it is replaced like one that died. `hung`:
+  // it is killed for not making progress (a missed deadline), which counts like a crash.
+  void kill(const std::string& why, bool hung);
   // Sends a boundary message to the current incarnation if it is ready (and not being killed).
   // False when there is none, or the channel failed (the child is then replaced).
   bool send(capnp::MessageBuilder& message, std::span<const int> fds = {});
@@ -91,11 +106,11 @@ class Child {
  private:
   void spawn();
   void onExited();
-  void scheduleRestart(const std::string& why, bool startupFailure);
+  void scheduleRestart(const std::string& why, bool startupFailure, bool fromOutside = false);
   void onHeartbeatTick();
   ipc::Channel::Verdict onMessage(capnp::MessageReader& message, ipc::ReceivedFds& fds);
   void onChannelClosed(const std::string& reason);
-  void killChild(const std::string& why);
+  void killChild(const std::string& why, bool hung = false);
   void setState(ChildState state);
 
   uv_loop_t* loop_;
@@ -121,6 +136,7 @@ class Child {
   std::chrono::steady_clock::time_point lastPongAt_;
   bool readyThisRun_ = false;
   bool killed_ = false;      // SIGKILL sent to this incarnation: nothing more is read or sent
+  bool killedHung_ = false;  // ...because it stopped making progress
   int startupFailures_ = 0;  // consecutive deaths before ready
   int recentDeaths_ = 0;     // deaths since the child was last healthy for healthyAfter
   int restarts_ = 0;

@@ -132,6 +132,19 @@ int main(int argc, char** argv) {
                    "Ready this long, a child's backoff starts over")
       ->check(CLI::Range(0L, 3600000L))
       ->capture_default_str();
+  long batchDeadline = config.batchDeadline.count();
+  tuning
+      ->add_option("--batch-deadline", batchDeadline,
+                   "A renderer that has not finished the batch it works on after this long is "
+                   "killed and replaced; a command that brings it down twice is quarantined")
+      ->check(CLI::Range(10L, 600000L))
+      ->capture_default_str();
+  uint64_t surfaceMemoryMiB = config.arenaBytes >> 20;
+  app.add_option("--surface-memory", surfaceMemoryMiB,
+                 "MiB for the guest's offscreen surfaces, kept in a memory area that outlives "
+                 "the renderer (only what is used is allocated)")
+      ->check(CLI::Range(16, 2048))
+      ->capture_default_str();
   tuning
       ->add_option("--max-startup-failures", sup.maxStartupFailures,
                    "Give up on a child that fails this many times in a row before becoming ready")
@@ -230,6 +243,8 @@ int main(int argc, char** argv) {
   sup.restartDelayMin = broker::Millis(restartMin);
   sup.restartDelayMax = broker::Millis(restartMax);
   sup.healthyAfter = broker::Millis(healthyAfter);
+  config.batchDeadline = broker::Millis(batchDeadline);
+  config.arenaBytes = surfaceMemoryMiB << 20;
   config.sandboxMode = sandbox::parseMode(sandboxMode);
   for (const char* child : {"spicebox-renderer", "spicebox-netproxy"}) {
     std::string path = config.libexecDir + "/" + child;

@@ -299,15 +299,29 @@ void buildDropGuestMemory(capnp::MessageBuilder& message) {
   message.initRoot<BrokerToRenderer>().setDropGuestMemory();
 }
 
-void buildBatch(capnp::MessageBuilder& message, uint64_t seq,
-                std::span<const qxl::WorkItem> items) {
+void buildBatch(capnp::MessageBuilder& message, uint64_t seq, std::span<const qxl::WorkItem> items,
+                uint32_t prefix, std::span<const uint32_t> quarantine) {
   SB_ASSERT(items.size() <= qxl::MAX_ITEMS_PER_BATCH, "device made a batch of {} items",
             items.size());
+  SB_ASSERT(prefix <= items.size(), "prefix {} of a batch of {}", prefix, items.size());
   auto batch = message.initRoot<BrokerToRenderer>().initBatch();
   batch.setSeq(seq);
   auto list = batch.initItems(static_cast<unsigned>(items.size()));
   for (unsigned i = 0; i < list.size(); ++i)
     fillItem(list[i], items[i]);
+  batch.setPrefix(prefix);
+  if (!quarantine.empty()) {
+    auto skip = batch.initQuarantine(static_cast<unsigned>(quarantine.size()));
+    for (unsigned i = 0; i < skip.size(); ++i) {
+      SB_ASSERT(quarantine[i] + prefix < items.size(), "quarantined item {} of a batch of {}",
+                quarantine[i], items.size());
+      skip.set(i, quarantine[i]);
+    }
+  }
+}
+
+void buildRecoveryArea(capnp::MessageBuilder& message, uint64_t arenaBytes) {
+  message.initRoot<BrokerToRenderer>().initRecoveryArea().setArenaBytes(arenaBytes);
 }
 
 }  // namespace spicebox::broker

@@ -57,6 +57,11 @@ void buildDropGuestMemory(capnp::MessageBuilder& message);
 // The renderer may draw again after batch `seq` (render.capnp outputTaken).
 void buildOutputTaken(capnp::MessageBuilder& message, uint64_t seq);
 // `items` holds at most qxl::MAX_ITEMS_PER_BATCH items (asserted: the device bounds its batches).
-void buildBatch(capnp::MessageBuilder& message, uint64_t seq, std::span<const qxl::WorkItem> items);
+// `prefix`: leading items added to a batch sent again (not numbered); `quarantine`: indices,
+// counted from items[prefix], of items the renderer must skip.
+void buildBatch(capnp::MessageBuilder& message, uint64_t seq, std::span<const qxl::WorkItem> items,
+                uint32_t prefix = 0, std::span<const uint32_t> quarantine = {});
+// The link's recovery area (render.capnp RecoveryArea; the memfd is attached by the caller).
+void buildRecoveryArea(capnp::MessageBuilder& message, uint64_t arenaBytes);
 
 }  // namespace spicebox::broker

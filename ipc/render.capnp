@@ -4,17 +4,20 @@
 # but still range-checks what it uses (renderer/worker.cpp): a broker bug must not become a
 # renderer memory error.
 #
-# Order: hello, then (while a VMM is linked) guestMemory, then any number of batch; dropGuestMemory
-# when the VMM's link ends. A batch holding a createPrimary is preceded by the displaySegment the
-# primary is drawn into. On every renderer (re)start the broker sends guestMemory again, then the
-# current display segment (if any), then the memslot table and every batch still in flight (the
-# new renderer knows nothing); a resent batch is preceded by its displaySegment again.
+# Order: hello, then (while a VMM is linked) guestMemory, recoveryArea, then any number of batch;
+# dropGuestMemory when the VMM's link ends. A batch holding a createPrimary is preceded by the
+# displaySegment the primary is drawn into. On every renderer (re)start the broker sends
+# guestMemory and the link's recoveryArea again (what the earlier renderer left there is taken
+# over: surfaces, the primary, the pointer, the batch it was in), then the segment the shown
+# primary is drawn into and the newest one (if any), then the memslot table and every batch still
+# in flight, oldest first; a resent batch is preceded by its displaySegment again and lists the
+# items quarantined so far.
 
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("spicebox::ipc::render");
 using Common = import "common.capnp";
 
-const protocolVersion :UInt32 = 6;
+const protocolVersion :UInt32 = 7;
 
 # Output bounds of one batchDone (the broker refuses more, and kills the renderer).
 const maxDamageRects :UInt32 = 64;   # damage rectangles; more are merged into their bounding box
@@ -136,6 +139,24 @@ struct WorkItem {
 struct Batch {
   seq @0 :UInt64;                    # strictly increasing per VMM link; resent unchanged
   items @1 :List(WorkItem);          # 0 .. maxItemsPerBatch
+  quarantine @2 :List(UInt32);       # indices of items the renderer must skip (counted as
+                                     # `prefix` says): commands that brought a renderer down
+                                     # twice (released undrawn); 0 .. maxItemsPerBatch entries
+  prefix @3 :UInt32;                 # leading items the broker added when it sent the batch
+                                     # again (the memslot table the batch was built with); item
+                                     # indices (quarantine, the recovery area's progress record)
+                                     # count from items[prefix], so they name the same item in
+                                     # every sending; 0 .. 1
+}
+
+# The recovery area of a VMM link (renderer/recovery.h), one descriptor: a memfd the broker made
+# (sealed against shrinking and growing) of recovery::areaBytes(arenaBytes) bytes, mapped
+# MAP_SHARED read-write. Every renderer of the link keeps its surfaces, its primary's records, its
+# pointer and its progress through batches there, so that the next one takes up where it stopped.
+# Sent after guestMemory, before the display segments and batches; the renderer checks the
+# descriptor (size, seals) and every record it adopts.
+struct RecoveryArea {
+  arenaBytes @0 :UInt64;             # surface arena: 4 KiB multiple, 4 KiB .. 2 GiB
 }
 
 # What a batch did to the primary, beyond plain damage: operations a remote client can replay on
@@ -214,6 +235,7 @@ struct BrokerToRenderer {
     displaySegment @5 :DisplaySegment;  # one descriptor (the segment's memfd)
     outputTaken @6 :UInt64;       # seq of the last batchDone: its pixels have been read (the
                                   # netproxy copied them, or nobody reads them); no descriptors
+    recoveryArea @7 :RecoveryArea;  # one descriptor (the area's memfd)
 
   }
 }

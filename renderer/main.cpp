@@ -142,6 +142,9 @@ class RendererLink
         mapping_.reset();
         spdlog::info("guest memory dropped");
         return std::nullopt;
+      case BrokerToRenderer::RECOVERY_AREA:
+        // An area we cannot use is a broker bug: refuse it, the broker restarts us.
+        return worker_.attachRecovery(fds.take(0), root.getRecoveryArea().getArenaBytes());
       case BrokerToRenderer::DISPLAY_SEGMENT:
         // A segment we cannot use is a broker bug: refuse it, the broker restarts us.
         return worker_.receiveSegment(fds.take(0), root.getDisplaySegment());

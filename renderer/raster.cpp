@@ -145,6 +145,8 @@ pixman_filter_t safeFilter(uint32_t f) {
 
 struct Rasteriser::Impl {
   std::array<std::unique_ptr<Surface>, MAX_SURFACES> surfaces;
+  SurfaceStore* store = nullptr;
+  DrawJournal* journal = nullptr;
   // The primary's output since takeOutput(): what draws without a hint changed, the hints, and
   // the hints' rectangles (takeDamage() reports them together with the damage).
   Region damage;
@@ -184,18 +186,38 @@ struct Rasteriser::Impl {
     return std::nullopt;
   }
 
-  // Offscreen surface (or a primary's native image) on memory owned here, zeroed.
-  static std::unique_ptr<Surface> makeOwned(uint32_t format, uint32_t w, uint32_t h) {
+  // Offscreen surface (or a primary's native image) on memory owned here or taken from the
+  // store, zeroed. Its image is null when the store has no room.
+  std::unique_ptr<Surface> makeOwned(uint32_t id, uint32_t format, uint32_t w, uint32_t h) {
     auto s = std::make_unique<Surface>();
     s->format = format;
     s->width = w;
     s->height = h;
     const pixman_format_code_t pf = *pixmanFormatOf(format);
     const size_t strideWords = (static_cast<size_t>(w) * PIXMAN_FORMAT_BPP(pf) + 31) / 32;
-    s->owned.assign(strideWords * h, 0);
-    s->image.reset(pixman_image_create_bits(pf, static_cast<int>(w), static_cast<int>(h),
-                                            s->owned.data(), static_cast<int>(strideWords * 4)));
+    uint32_t* bits = nullptr;
+    if (store) {
+      s->stored = store->allocate(id, uint64_t{strideWords} * 4 * h);
+      if (s->stored.empty())
+        return s;
+      bits = reinterpret_cast<uint32_t*>(s->stored.data());
+    } else {
+      s->owned.assign(strideWords * h, 0);
+      bits = s->owned.data();
+    }
+    s->image.reset(pixman_image_create_bits(pf, static_cast<int>(w), static_cast<int>(h), bits,
+                                            static_cast<int>(strideWords * 4)));
     return s;
+  }
+
+  // Surface `id` goes: its stored memory back to the store.
+  void drop(uint32_t id) {
+    if (!surfaces[id])
+      return;
+    std::span<std::byte> stored = surfaces[id]->stored;
+    surfaces[id].reset();  // the image first: it points into the memory
+    if (store && !stored.empty())
+      store->release(id, stored);
   }
 
   // The VGA case: the native image converted into the 32 bpp shadow over `region`.
@@ -240,7 +262,10 @@ RasterResult Rasteriser::createPrimary(uint32_t w, uint32_t h, int32_t stride, u
     s->image.reset(
         pixman_image_create_bits(pf, static_cast<int>(w), static_cast<int>(h), bits, stride));
   } else {
-    s = Impl::makeOwned(format, w, h);
+    s = impl_->makeOwned(0, format, w, h);
+    if (!s->image) {
+      return RasterError::SurfaceMemoryTooSmall;
+    }
     s->shadow.reset(pixman_image_create_bits(PIXMAN_x8r8g8b8, static_cast<int>(w),
                                              static_cast<int>(h), bits, stride));
     Region all(0, 0, static_cast<int32_t>(w), static_cast<int32_t>(h));
@@ -315,14 +340,19 @@ RasterResult Rasteriser::apply(const qxlcmd::SurfaceCmd& cmd) {
   if (absStride < rowBytes) {
     return RasterError::BadSurfaceSize;
   }
-  auto s = Impl::makeOwned(cmd.format, cmd.width, cmd.height);
+  if ((cmd.flags & QXL_SURF_FLAG_KEEP_DATA) && absStride * cmd.height > cmd.data.size()) {
+    return RasterError::SurfaceMemoryTooSmall;
+  }
+  auto s = impl_->makeOwned(cmd.surfaceId, cmd.format, cmd.width, cmd.height);
   if (!s->image) {
-    return RasterError::BadSurfaceSize;
+    // No room in the store (or pixman refused the size): nothing was drawn on it.
+    const bool full = impl_->store && s->stored.empty();
+    if (impl_->store && !s->stored.empty()) {
+      impl_->store->release(cmd.surfaceId, s->stored);
+    }
+    return full ? RasterError::SurfaceMemoryTooSmall : RasterError::BadSurfaceSize;
   }
   if (cmd.flags & QXL_SURF_FLAG_KEEP_DATA) {
-    if (absStride * cmd.height > cmd.data.size()) {
-      return RasterError::SurfaceMemoryTooSmall;
-    }
     // Negative stride: the top row is the last one in memory.
     auto* dest = reinterpret_cast<uint8_t*>(pixman_image_get_data(s->image.get()));
     const size_t destStride = static_cast<size_t>(pixman_image_get_stride(s->image.get()));
@@ -342,7 +372,7 @@ RasterResult Rasteriser::destroySurface(uint32_t id) {
   if (!impl_->surfaces[id]) {
     return RasterError::SurfaceUnknown;
   }
-  impl_->surfaces[id].reset();
+  impl_->drop(id);
   if (id == 0) {
     impl_->clearOutput();
   }
@@ -350,10 +380,104 @@ RasterResult Rasteriser::destroySurface(uint32_t id) {
 }
 
 void Rasteriser::destroyAll() {
-  for (auto& s : impl_->surfaces) {
-    s.reset();
+  for (uint32_t id = 0; id < MAX_SURFACES; ++id) {
+    impl_->drop(id);
   }
   impl_->clearOutput();
+}
+
+void Rasteriser::setSurfaceStore(SurfaceStore* store) {
+  impl_->store = store;
+}
+
+void Rasteriser::setJournal(DrawJournal* journal) {
+  impl_->journal = journal;
+}
+
+std::optional<uint32_t> Rasteriser::ownStride(uint32_t format, uint32_t width) {
+  const auto pf = pixmanFormatOf(format);
+  if (!pf || width == 0 || width > MAX_SURFACE_DIMENSION) {
+    return std::nullopt;
+  }
+  return static_cast<uint32_t>((uint64_t{width} * PIXMAN_FORMAT_BPP(*pf) + 31) / 32 * 4);
+}
+
+RasterResult Rasteriser::adoptSurface(uint32_t id, uint32_t format, uint32_t w, uint32_t h,
+                                      std::span<std::byte> memory) {
+  if (id == 0) {
+    return RasterError::PrimaryByCommand;
+  }
+  if (auto error = impl_->checkNew(id, format, w, h)) {
+    return error;
+  }
+  const uint32_t stride = *ownStride(format, w);
+  if (uint64_t{stride} * h > memory.size() || reinterpret_cast<uintptr_t>(memory.data()) % 4 != 0) {
+    return RasterError::SurfaceMemoryTooSmall;
+  }
+  auto s = std::make_unique<Surface>();
+  s->format = format;
+  s->width = w;
+  s->height = h;
+  s->stored = memory.first(uint64_t{stride} * h);
+  s->image.reset(pixman_image_create_bits(
+      *pixmanFormatOf(format), static_cast<int>(w), static_cast<int>(h),
+      reinterpret_cast<uint32_t*>(memory.data()), static_cast<int>(stride)));
+  if (!s->image) {
+    return RasterError::BadSurfaceSize;
+  }
+  impl_->surfaces[id] = std::move(s);
+  return std::nullopt;
+}
+
+RasterResult Rasteriser::adoptPrimary(uint32_t w, uint32_t h, int32_t stride, uint32_t format,
+                                      std::span<std::byte> shown, std::span<std::byte> native) {
+  if (auto error = impl_->checkNew(0, format, w, h)) {
+    return error;
+  }
+  const pixman_format_code_t pf = *pixmanFormatOf(format);
+  if (stride < static_cast<int64_t>(w) * 4 || stride % 4 != 0) {
+    return RasterError::BadSurfaceSize;
+  }
+  if (static_cast<uint64_t>(stride) * h > shown.size() ||
+      reinterpret_cast<uintptr_t>(shown.data()) % 4 != 0) {
+    return RasterError::SurfaceMemoryTooSmall;
+  }
+  auto s = std::make_unique<Surface>();
+  s->format = format;
+  s->width = w;
+  s->height = h;
+  auto* shownBits = reinterpret_cast<uint32_t*>(shown.data());
+  if (PIXMAN_FORMAT_BPP(pf) == 32) {
+    s->image.reset(
+        pixman_image_create_bits(pf, static_cast<int>(w), static_cast<int>(h), shownBits, stride));
+  } else {
+    const uint32_t nativeStride = *ownStride(format, w);
+    if (uint64_t{nativeStride} * h > native.size() ||
+        reinterpret_cast<uintptr_t>(native.data()) % 4 != 0) {
+      return RasterError::SurfaceMemoryTooSmall;
+    }
+    s->stored = native.first(uint64_t{nativeStride} * h);
+    s->image.reset(pixman_image_create_bits(pf, static_cast<int>(w), static_cast<int>(h),
+                                            reinterpret_cast<uint32_t*>(native.data()),
+                                            static_cast<int>(nativeStride)));
+    s->shadow.reset(pixman_image_create_bits(PIXMAN_x8r8g8b8, static_cast<int>(w),
+                                             static_cast<int>(h), shownBits, stride));
+  }
+  if (!s->image) {
+    return RasterError::BadSurfaceSize;
+  }
+  impl_->surfaces[0] = std::move(s);
+  impl_->clearOutput();
+  return std::nullopt;
+}
+
+void Rasteriser::refreshPrimaryShadow(const pixman_box32_t& box) {
+  Surface* s = impl_->surfaces[0].get();
+  if (s == nullptr) {
+    return;
+  }
+  Region region(box.x1, box.y1, box.x2, box.y2);
+  impl_->refreshShadow(*s, region);
 }
 
 const Surface* Rasteriser::surface(uint32_t id) const {
@@ -1316,10 +1440,89 @@ RasterResult drawText(DrawContext& c, const qxlcmd::Text& t) {
 
 }  // namespace
 
+namespace {
+
+// Whether `image` reads surface `id` (a copy within one surface).
+bool reads(const std::optional<qxlcmd::Image>& image, uint32_t id) {
+  if (!image) {
+    return false;
+  }
+  const auto* surface = std::get_if<qxlcmd::SurfaceImage>(&image->payload);
+  return surface != nullptr && surface->surfaceId == id;
+}
+
+// A raster op whose result does not depend on the destination.
+bool overwrites(Rop rop) {
+  return rop == Rop::Copy || rop == Rop::CopyInverted || rop == Rop::Clear || rop == Rop::Set ||
+         rop == Rop::Noop;
+}
+
+bool readsBrush(const qxlcmd::Brush& brush, uint32_t id) {
+  return reads(brush.pattern, id);
+}
+
+}  // namespace
+
+bool repeatable(const qxlcmd::Drawable& d) {
+  const uint32_t id = d.surfaceId;
+  const auto rop = [](uint16_t desc, uint16_t srcBit, uint16_t destBit) {
+    return pixels::ropFromDescriptor(desc, srcBit, destBit);
+  };
+  return std::visit(
+      [&](const auto& p) -> bool {
+        using T = std::decay_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, qxlcmd::DrawNop>) {
+          return true;
+        } else if constexpr (std::is_same_v<T, qxlcmd::Blackness> ||
+                             std::is_same_v<T, qxlcmd::Whiteness>) {
+          return !reads(p.mask.bitmap, id);
+        } else if constexpr (std::is_same_v<T, qxlcmd::Fill>) {
+          return overwrites(
+                     rop(p.ropDescriptor, SPICE_ROPD_INVERS_BRUSH, SPICE_ROPD_INVERS_DEST)) &&
+                 !readsBrush(p.brush, id) && !reads(p.mask.bitmap, id);
+        } else if constexpr (std::is_same_v<T, qxlcmd::Opaque>) {
+          // The image is put first, then the brush combines with it: the destination's old
+          // pixels take no part.
+          return !reads(p.srcBitmap, id) && !readsBrush(p.brush, id) && !reads(p.mask.bitmap, id);
+        } else if constexpr (std::is_same_v<T, qxlcmd::Copy> || std::is_same_v<T, qxlcmd::Blend>) {
+          return overwrites(rop(p.ropDescriptor, SPICE_ROPD_INVERS_SRC, SPICE_ROPD_INVERS_DEST)) &&
+                 !reads(p.srcBitmap, id) && !reads(p.mask.bitmap, id);
+        } else if constexpr (std::is_same_v<T, qxlcmd::CopyBits>) {
+          // Within one surface: a repeat reads what the first attempt wrote where the source and
+          // destination overlap.
+          const int64_t w = int64_t{d.bbox.right} - d.bbox.left;
+          const int64_t h = int64_t{d.bbox.bottom} - d.bbox.top;
+          const bool apart = p.srcPos.x + w <= d.bbox.left || d.bbox.right <= p.srcPos.x ||
+                             p.srcPos.y + h <= d.bbox.top || d.bbox.bottom <= p.srcPos.y;
+          return apart;
+        } else if constexpr (std::is_same_v<T, qxlcmd::Rop3>) {
+          // ROP3 bit (p << 2 | s << 1 | d): the destination does not matter when each pair of
+          // bits that differ only in d is equal.
+          const unsigned r = p.rop3;
+          return ((r ^ (r >> 1)) & 0x55u) == 0 && !reads(p.srcBitmap, id) &&
+                 !readsBrush(p.brush, id) && !reads(p.mask.bitmap, id);
+        } else if constexpr (std::is_same_v<T, qxlcmd::Stroke>) {
+          return overwrites(rop(p.foreMode, SPICE_ROPD_INVERS_BRUSH, SPICE_ROPD_INVERS_DEST)) &&
+                 !readsBrush(p.brush, id);
+        } else if constexpr (std::is_same_v<T, qxlcmd::Transparent>) {
+          // Colour-keyed: a pixel keeps the destination or takes the source, whatever it was.
+          return !reads(p.srcBitmap, id);
+        } else {
+          // TEXT (glyph edges blend), INVERS, ALPHA_BLEND, COMPOSITE: they read the destination.
+          return false;
+        }
+      },
+      d.payload);
+}
+
 RasterResult Rasteriser::Impl::drawOn(Surface& s, uint32_t id, const qxlcmd::Drawable& d) {
   const images::SurfaceLookup fn = lookupFn();
   DrawContext c(s, d, fn);
   RasterResult result;
+  // Before the first pixel changes: what a repeat could not restore is saved.
+  if (journal && !c.region.empty() && !repeatable(d)) {
+    journal->beforeUnrepeatableDraw(id, s.image.get(), *pixman_region32_extents(c.region.get()));
+  }
   const auto brushRop = [](uint16_t desc, uint16_t srcBit, uint16_t destBit) {
     return pixels::ropFromDescriptor(desc, srcBit, destBit);
   };

@@ -61,13 +61,41 @@ using PixmanImage = std::unique_ptr<pixman_image_t, PixmanImageDeleter>;
 struct Surface {
   uint32_t format = 0;  // SPICE_SURFACE_FMT_*
   uint32_t width = 0, height = 0;
-  // What is drawn on. Its bits are `owned` (offscreen surfaces, a non-32 bpp primary) or the
-  // caller's memory (a 32 bpp primary).
+  // What is drawn on. Its bits are `owned` or `stored` (offscreen surfaces, a non-32 bpp primary)
+  // or the caller's memory (a 32 bpp primary).
   PixmanImage image;
   std::vector<uint32_t> owned;
+  std::span<std::byte> stored;  // from the SurfaceStore, released when the surface goes
   // Non-32 bpp primary only: the 32 bpp image in the caller's memory that is shown.
   PixmanImage shadow;
 };
+
+// Where surfaces' own pixels live (offscreen surfaces, a non-32 bpp primary's native image)
+// when not in the rasteriser's own memory: the renderer keeps them in the recovery area, which
+// outlives the process (renderer/recovery.h).
+class SurfaceStore {
+ public:
+  virtual ~SurfaceStore() = default;
+  // `bytes` for surface `id`, zeroed, 4-byte aligned; empty when there is no room.
+  virtual std::span<std::byte> allocate(uint32_t id, uint64_t bytes) = 0;
+  // Surface `id`'s memory is no longer used.
+  virtual void release(uint32_t id, std::span<std::byte> memory) = 0;
+};
+
+// Told before a draw whose result depends on the destination's pixels (an XOR, a blend, a ROP3
+// that reads the destination, a copy within one surface): drawing it again over a partly drawn
+// first attempt would not give the same pixels, so the journal saves `box` of `image` (surface
+// `id`'s drawn image) first. Other draws are simply drawn again (renderer/recovery.h).
+class DrawJournal {
+ public:
+  virtual ~DrawJournal() = default;
+  virtual void beforeUnrepeatableDraw(uint32_t id, pixman_image_t* image,
+                                      const pixman_box32_t& box) = 0;
+};
+
+// Whether drawing `d` (on surface d.surfaceId) again over a partly drawn first attempt gives the
+// same pixels: no destination pixel's new value depends on the destination.
+bool repeatable(const qxlcmd::Drawable& d);
 
 // A sanitised cursor: ARGB32 (premultiplied no; straight alpha) pixels, row-major, no padding.
 struct SanitisedCursor {
@@ -128,6 +156,26 @@ class Rasteriser {
   // rows of `stride` bytes; negative: the top row is the last one in memory), copied once (the
   // shadow is refreshed). BadArea when the memory cannot hold height * |stride| bytes.
   RasterResult loadPrimary(std::span<const std::byte> guestMemory, int32_t stride);
+
+  // Where surfaces' own pixels come from from now on (null: the rasteriser's own memory), and who
+  // is told before unrepeatable draws (null: nobody). Both outlive the rasteriser.
+  void setSurfaceStore(SurfaceStore* store);
+  void setJournal(DrawJournal* journal);
+
+  // Recovery (renderer/recovery.h): surfaces drawn by an earlier renderer, on memory that kept
+  // their pixels. An offscreen surface (id 1 ..) on `memory` (`stride` bytes a row, the
+  // rasteriser's own stride for the format); a primary whose shown pixels are `shown` (32 bpp,
+  // `stride`) and, for a non-32 bpp format, whose native image is `native`. Nothing is zeroed or
+  // copied. Refused like a create (id, format, size), or SurfaceMemoryTooSmall.
+  RasterResult adoptSurface(uint32_t id, uint32_t format, uint32_t width, uint32_t height,
+                            std::span<std::byte> memory);
+  RasterResult adoptPrimary(uint32_t width, uint32_t height, int32_t stride, uint32_t format,
+                            std::span<std::byte> shown, std::span<std::byte> native);
+  // Bytes a row of a surface of `format` and `width` takes in the rasteriser's own images.
+  static std::optional<uint32_t> ownStride(uint32_t format, uint32_t width);
+  // The shown 32 bpp pixels of `box` of the primary made from its native image again (after
+  // its native pixels were restored); a no-op for a 32 bpp primary.
+  void refreshPrimaryShadow(const pixman_box32_t& box);
 
   // QXL_SURFACE_CMD_CREATE / _DESTROY of an offscreen surface (memory owned here; KEEP_DATA
   // initialises it from the command's data, otherwise it starts zeroed as in spice-server).

@@ -176,7 +176,15 @@ std::optional<std::string> Worker::receiveSegment(base::Fd fd,
   ++stats_.segments;
   spdlog::debug("display segment {} received: {}x{}", segment_->generation(), segment_->width(),
                 segment_->height());
+  adoptPrimaryIfReady();
   return std::nullopt;
+}
+
+Worker::~Worker() {
+  // Surfaces may point into the recovery area's arena: they go before it is unmapped.
+  raster_.destroyAll();
+  raster_.setSurfaceStore(nullptr);
+  raster_.setJournal(nullptr);
 }
 
 void Worker::attach(const GuestView& view) {
@@ -192,8 +200,14 @@ void Worker::detach() {
   // A new guest starts with a new device's pointer. Not reported by itself: the next batch
   // reports it when it differs from the last pointer reported.
   resetCursor();
-  // The VMM is gone: so is its display (the broker dropped the segment too).
+  // The VMM is gone: so is its display (the broker dropped the segment too), and the recovery
+  // area of its link.
   segment_.reset();
+  raster_.setSurfaceStore(nullptr);
+  raster_.setJournal(nullptr);
+  log_.reset();
+  resume_.reset();
+  pendingPrimary_.reset();
 }
 
 void Worker::forgetSurfaces() {
@@ -201,12 +215,181 @@ void Worker::forgetSurfaces() {
   primarySegment_.reset();  // after the rasteriser let go of it
   guestSurfaces_.clear();
   resetBuffers();
+  pendingPrimary_.reset();
+  if (log_)
+    log_->clearAll();
 }
 
 void Worker::resetBuffers() {
   buffer_ = 0;
   presented_ = false;
   forward_.clear();
+  logBuffers();
+}
+
+void Worker::logBuffers() {
+  if (log_)
+    log_->setBuffers(buffer_, presented_, forward_);
+}
+
+void Worker::logCursor() {
+  if (!log_)
+    return;
+  auto record = std::make_unique<recovery::CursorRecord>();
+  record->visible = cursor_.visible ? 1 : 0;
+  record->x = cursor_.x;
+  record->y = cursor_.y;
+  record->shapeSerial = cursor_.shapeSerial;
+  record->lastShapeSerial = lastShapeSerial_;
+  const SanitisedCursor& shape = cursor_.shape;
+  if (cursor_.shapeSerial != 0 && shape.width <= recovery::MAX_CURSOR_SIDE &&
+      shape.height <= recovery::MAX_CURSOR_SIDE &&
+      shape.pixels.size() == size_t{shape.width} * shape.height) {
+    record->width = shape.width;
+    record->height = shape.height;
+    record->hotSpotX = shape.hotSpotX;
+    record->hotSpotY = shape.hotSpotY;
+    std::copy(shape.pixels.begin(), shape.pixels.end(), record->pixels);
+  } else {
+    record->shapeSerial = 0;
+  }
+  log_->setCursor(*record);
+}
+
+std::optional<std::string> Worker::attachRecovery(base::Fd fd, uint64_t arenaBytes) {
+  // Surfaces drawn so far live in this process's memory: a new area starts from nothing (the
+  // broker sends one per link, before any batch of it).
+  raster_.destroyAll();
+  primarySegment_.reset();
+  guestSurfaces_.clear();
+  raster_.setSurfaceStore(nullptr);
+  raster_.setJournal(nullptr);
+  log_.reset();
+  resume_.reset();
+  pendingPrimary_.reset();
+  auto opened = RecoveryLog::open(std::move(fd), arenaBytes);
+  if (auto* error = std::get_if<std::string>(&opened))
+    return *error;
+  log_ = std::move(std::get<std::unique_ptr<RecoveryLog>>(opened));
+  raster_.setSurfaceStore(log_.get());
+  raster_.setJournal(log_.get());
+  auto adopted = log_->takeAdopted();
+  adoptSurfaces(adopted);
+  return std::nullopt;
+}
+
+void Worker::adoptSurfaces(RecoveryLog::Adopted& adopted) {
+  stats_.adoptionRefused += adopted.dropped;
+  for (const RecoveryLog::AdoptedSurface& a : adopted.surfaces) {
+    const recovery::SurfaceRecord& r = a.record;
+    if (auto error = raster_.adoptSurface(a.id, r.format, r.width, r.height, a.memory)) {
+      ++stats_.adoptionRefused;
+      log_->release(a.id, a.memory);
+      log_->clearSurface(a.id);
+      continue;
+    }
+    ++stats_.adoptedSurfaces;
+    if (r.guestSize > 0)
+      guestSurfaces_[a.id] = {r.guestAddr, r.guestSize, r.guestStride};
+  }
+  if (adopted.primary)
+    pendingPrimary_ = PendingPrimary{*adopted.primary, adopted.primaryNative, adopted.buffers};
+  if (adopted.cursor) {
+    const recovery::CursorRecord& c = *adopted.cursor;
+    cursor_.visible = c.visible != 0;
+    cursor_.x = c.x;
+    cursor_.y = c.y;
+    cursor_.shapeSerial = c.shapeSerial;
+    cursor_.shape = SanitisedCursor{};
+    if (c.shapeSerial != 0) {
+      cursor_.shape.width = c.width;
+      cursor_.shape.height = c.height;
+      cursor_.shape.hotSpotX = c.hotSpotX;
+      cursor_.shape.hotSpotY = c.hotSpotY;
+      cursor_.shape.pixels.assign(c.pixels, c.pixels + size_t{c.width} * c.height);
+    }
+    lastShapeSerial_ = std::max(lastShapeSerial_, c.lastShapeSerial);
+    // The broker has this pointer already: nothing to report until it changes.
+    reportedCursor_ = CursorKey{cursor_.visible, cursor_.x, cursor_.y, cursor_.shapeSerial};
+  }
+  if (adopted.progress.phase != recovery::Phase::Idle)
+    resume_ = adopted.progress;
+  if (stats_.adoptedSurfaces > 0 || pendingPrimary_ || resume_)
+    spdlog::info(
+        "recovery: took over {} surfaces{}{} from the renderer before ({} records refused)",
+        stats_.adoptedSurfaces, pendingPrimary_ ? " and the primary" : "",
+        resume_ ? fmt::format(", batch {} from item {}", resume_->seq, resume_->index) : "",
+        adopted.dropped);
+  adoptPrimaryIfReady();
+}
+
+void Worker::adoptPrimaryIfReady() {
+  if (!pendingPrimary_ || !segment_ ||
+      segment_->generation() != pendingPrimary_->record.segmentGeneration)
+    return;
+  PendingPrimary p = std::move(*pendingPrimary_);
+  pendingPrimary_.reset();
+  const recovery::PrimaryRecord& r = p.record;
+  if (segment_->width() != r.width || segment_->height() != r.height) {
+    ++stats_.adoptionRefused;
+    log_->clearPrimary();
+    return;
+  }
+  const uint8_t shown = p.buffers.buffer & 1;
+  const uint8_t buffer = segment_->hasBackBuffer() ? shown : 0;
+  std::span<std::byte> native = p.native ? p.native->memory : std::span<std::byte>{};
+  if (auto error = raster_.adoptPrimary(r.width, r.height, static_cast<int32_t>(segment_->stride()),
+                                        r.format, segment_->pixels(buffer), native)) {
+    ++stats_.adoptionRefused;
+    if (p.native)
+      log_->release(0, p.native->memory);
+    log_->clearPrimary();
+    return;
+  }
+  primarySegment_ = segment_;
+  primary_ = PrimaryState{r.width, r.height, r.guestStride, r.format, r.guestMem};
+  buffer_ = buffer;
+  presented_ = p.buffers.presented != 0 && segment_->hasBackBuffer();
+  forward_.clear();
+  if (p.buffers.forwardCount > recovery::MAX_FORWARD_RECTS) {
+    forward_.push_back(
+        qxlcmd::Rect{0, 0, static_cast<int32_t>(r.height), static_cast<int32_t>(r.width)});
+  } else {
+    for (uint32_t i = 0; i < p.buffers.forwardCount; ++i) {
+      const recovery::RectRecord& f = p.buffers.forward[i];
+      forward_.push_back(qxlcmd::Rect{f.top, f.left, f.bottom, f.right});
+    }
+  }
+  spdlog::info("recovery: took over the {}x{} primary in segment {} (buffer {})", r.width, r.height,
+               segment_->generation(), buffer_);
+}
+
+void Worker::restoreUndo(const RecoveryLog::Undo& undo) {
+  const Surface* s = raster_.surface(undo.surface);
+  if (s == nullptr)
+    return;
+  pixman_image_t* image = s->image.get();
+  const size_t stride = static_cast<size_t>(pixman_image_get_stride(image));
+  const uint64_t height = static_cast<uint64_t>(pixman_image_get_height(image));
+  if (uint64_t{undo.top} + undo.rows > height || uint64_t{undo.byteOffset} + undo.rowBytes > stride)
+    return;  // not this surface's: the saved bytes are not ours to put anywhere
+  auto* bits = reinterpret_cast<std::byte*>(pixman_image_get_data(image));
+  for (uint32_t y = 0; y < undo.rows; ++y)
+    std::memcpy(bits + (uint64_t{undo.top} + y) * stride + undo.byteOffset,
+                undo.bytes.data() + uint64_t{y} * undo.rowBytes, undo.rowBytes);
+  if (undo.surface == 0) {
+    const int bpp = PIXMAN_FORMAT_BPP(pixman_image_get_format(image));
+    const pixman_box32_t box{
+        static_cast<int32_t>(uint64_t{undo.byteOffset} * 8 / static_cast<unsigned>(bpp)),
+        static_cast<int32_t>(undo.top),
+        static_cast<int32_t>(std::min<uint64_t>(
+            (uint64_t{undo.byteOffset} + undo.rowBytes) * 8 / static_cast<unsigned>(bpp),
+            static_cast<uint64_t>(pixman_image_get_width(image)))),
+        static_cast<int32_t>(undo.top + undo.rows)};
+    raster_.refreshPrimaryShadow(box);
+  }
+  spdlog::info("recovery: surface {} rows {}..{} restored from before the interrupted draw",
+               undo.surface, undo.top, undo.top + undo.rows);
 }
 
 void Worker::flipIfPresented() {
@@ -237,6 +420,9 @@ void Worker::flipIfPresented() {
     return;
   }
   buffer_ = next;
+  logBuffers();
+  if (log_)
+    log_->commitIdle();
 }
 
 void Worker::notePresented(const PrimaryOutput& output) {
@@ -267,10 +453,12 @@ void Worker::notePresented(const PrimaryOutput& output) {
   if (static_cast<size_t>(n) > MAX_FORWARD_RECTS) {
     const pixman_box32_t* e = pixman_region32_extents(changed.get());
     forward_.push_back(qxlcmd::Rect{e->y1, e->x1, e->y2, e->x2});
+    logBuffers();
     return;
   }
   for (int i = 0; i < n; ++i)
     forward_.push_back(qxlcmd::Rect{boxes[i].y1, boxes[i].x1, boxes[i].y2, boxes[i].x2});
+  logBuffers();
 }
 
 void Worker::resetCursor() {
@@ -345,6 +533,8 @@ void Worker::rasterFailed(const char* what, RasterError error) {
 void Worker::createPrimary(const PrimaryState& p) {
   raster_.destroyPrimary();  // a primary replacing one the guest did not destroy
   primarySegment_.reset();
+  if (log_)
+    log_->clearPrimary();
   resetBuffers();
   primaryCreatedInBatch_ = true;
   if (p.width == 0 || p.height == 0 || p.width > MAX_SURFACE_DIMENSION ||
@@ -370,6 +560,15 @@ void Worker::createPrimary(const PrimaryState& p) {
   }
   primarySegment_ = segment_;
   loadInitialPixels(p);
+  if (log_) {
+    log_->setPrimary(recovery::PrimaryRecord{1, p.width, p.height, p.format, p.stride, 0, p.mem,
+                                             segment_->generation()});
+    const Surface* s = raster_.surface(0);
+    if (s && !s->stored.empty())
+      if (auto offset = log_->arenaOffsetOf(s->stored))
+        log_->setSurface(
+            0, recovery::SurfaceRecord{1, p.format, p.width, p.height, *offset, 0, 0, 0, 0});
+  }
 }
 
 std::span<std::byte> Worker::locate(uint64_t addr, uint64_t size) const {
@@ -452,10 +651,21 @@ void Worker::render(const qxlcmd::Command& command, const SurfaceMemory& memory)
     result = raster_.draw(*draw);
   } else if (const auto* surface = std::get_if<qxlcmd::SurfaceCmd>(&command.body)) {
     result = raster_.apply(*surface);
-    if (!result && surface->type == QXL_SURFACE_CMD_DESTROY)
+    if (!result && surface->type == QXL_SURFACE_CMD_DESTROY) {
       guestSurfaces_.erase(surface->surfaceId);
-    else if (!result && memory.size > 0)
-      guestSurfaces_[surface->surfaceId] = {memory.guestAddr, memory.size, surface->stride};
+      if (log_)
+        log_->clearSurface(surface->surfaceId);
+    } else if (!result) {
+      if (memory.size > 0)
+        guestSurfaces_[surface->surfaceId] = {memory.guestAddr, memory.size, surface->stride};
+      const Surface* made = raster_.surface(surface->surfaceId);
+      if (log_ && made)
+        if (auto offset = log_->arenaOffsetOf(made->stored))
+          log_->setSurface(
+              surface->surfaceId,
+              recovery::SurfaceRecord{1, surface->format, surface->width, surface->height, *offset,
+                                      memory.guestAddr, memory.size, surface->stride, 0});
+    }
   } else if (const auto* cursor = std::get_if<qxlcmd::CursorCmd>(&command.body)) {
     return applyCursor(*cursor);  // not a draw: refused shapes are counted on their own
   } else {
@@ -467,21 +677,80 @@ void Worker::render(const qxlcmd::Command& command, const SurfaceMemory& memory)
     ++stats_.drawn;
 }
 
+void Worker::replayStateItem(WorkItem::Reader item) {
+  if (item.which() == WorkItem::MEMSLOTS) {
+    loadMemslots(item.getMemslots());
+    return;
+  }
+  if (item.which() != WorkItem::COMMAND || item.getCommand().getRing() != Ring::CURSOR || !view_ ||
+      !slots_)
+    return;
+  // The pointer is committed with the batch, so a cursor command of the interrupted batch is
+  // applied again (SET, MOVE, HIDE set state: the same command gives the same pointer).
+  SlotMemory memory(*slots_, *view_);
+  auto command = item.getCommand();
+  auto decoded = decodeCommand(memory, command.getType(), command.getAddr(), nullptr);
+  if (const auto* tree = std::get_if<qxlcmd::Command>(&decoded))
+    if (const auto* cursor = std::get_if<qxlcmd::CursorCmd>(&tree->body))
+      applyCursor(*cursor);
+}
+
 uint32_t Worker::runBatch(Batch::Reader batch) {
   ++stats_.batches;
   uint32_t rejected = 0;
   primaryCreatedInBatch_ = false;
-  flipIfPresented();
+  const uint64_t seq = batch.getSeq();
   auto items = batch.getItems();
   unsigned count = items.size();
   if (count > ipc::render::MAX_ITEMS_PER_BATCH) {
     stats_.droppedItems += count - ipc::render::MAX_ITEMS_PER_BATCH;
-    spdlog::error("batch {} holds {} items, at most {} are read (a broker bug)", batch.getSeq(),
-                  count, ipc::render::MAX_ITEMS_PER_BATCH);
+    spdlog::error("batch {} holds {} items, at most {} are read (a broker bug)", seq, count,
+                  ipc::render::MAX_ITEMS_PER_BATCH);
     count = ipc::render::MAX_ITEMS_PER_BATCH;
   }
-  for (unsigned i = 0; i < count; ++i) {
-    auto item = items[i];
+  // Leading items the broker added to a batch sent again (the memslot table): not numbered.
+  const unsigned prefix = std::min<unsigned>(batch.getPrefix(), count);
+  for (unsigned p = 0; p < prefix; ++p)
+    replayStateItem(items[p]);
+  const unsigned numbered = count - prefix;
+  // Where an earlier renderer stopped in this batch, if it did.
+  unsigned start = 0;
+  bool resumed = false, finished = false;
+  if (resume_ && resume_->seq == seq) {
+    resumed = true;
+    finished = resume_->phase == recovery::Phase::Finished;
+    start = std::min<unsigned>(resume_->index, numbered);
+    ++stats_.resumedBatches;
+    spdlog::info("batch {}: taken up at item {} of {} where the renderer before stopped", seq,
+                 start, numbered);
+  }
+  resume_.reset();
+  // A finished batch's picture is already in its buffer (presented, not yet reported): copying
+  // it into the other buffer now would write what readers of the last reported frame read.
+  if (!finished)
+    flipIfPresented();
+  std::vector<bool> quarantined(numbered, false);
+  for (uint32_t index : batch.getQuarantine())
+    if (index < numbered)
+      quarantined[index] = true;
+  if (log_)
+    log_->beginBatch(seq, start);
+  if (resumed && !finished && log_)
+    if (auto undo = log_->undoFor(seq, start))
+      restoreUndo(*undo);
+  for (unsigned i = 0; i < start; ++i)
+    replayStateItem(items[prefix + i]);
+  for (unsigned i = start; i < numbered; ++i) {
+    auto item = items[prefix + i];
+    if (quarantined[i]) {
+      ++stats_.quarantinedSkipped;
+      spdlog::warn("batch {} item {} skipped: quarantined by the broker", seq, i);
+      if (log_)
+        log_->endItem(i);
+      continue;
+    }
+    if (log_)
+      log_->beginItem(i);
     switch (item.which()) {
       case WorkItem::COMMAND:
         if (auto error = runCommand(item.getCommand())) {
@@ -502,6 +771,8 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
         primary_.reset();
         raster_.destroyPrimary();
         primarySegment_.reset();
+        if (log_)
+          log_->clearPrimary();
         break;
       case WorkItem::DESTROY_SURFACE: {
         const uint32_t id = item.getDestroySurface();
@@ -511,6 +782,10 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
         if (id == 0) {
           primary_.reset();
           primarySegment_.reset();
+          if (log_)
+            log_->clearPrimary();
+        } else if (log_) {
+          log_->clearSurface(id);
         }
         break;
       }
@@ -544,16 +819,18 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
       default:
         // A newer broker's item this renderer does not know: a mismatched installation, and the
         // hello's version check makes it impossible; nothing to do with it.
-        spdlog::error("unknown work item {} in batch {}", static_cast<unsigned>(item.which()),
-                      batch.getSeq());
+        spdlog::error("unknown work item {} in batch {}", static_cast<unsigned>(item.which()), seq);
         break;
     }
+    if (log_)
+      log_->endItem(i);
   }
   lastOutput_ = raster_.takeOutput();
   if (raster_.surface(0) == nullptr) {
     lastOutput_ = {};  // no primary at the end of the batch: nothing to show
-  } else if (primaryCreatedInBatch_) {
-    // A new primary (its initial pixels included): all of it is new to every client.
+  } else if (primaryCreatedInBatch_ || resumed) {
+    // A new primary (its initial pixels included): all of it is new to every client. Or a batch
+    // taken up after a restart: what its first items changed is not known here.
     const Surface* s = raster_.surface(0);
     lastOutput_.hints.clear();
     lastOutput_.damage = {
@@ -570,6 +847,10 @@ uint32_t Worker::runBatch(Batch::Reader batch) {
   notePresented(lastOutput_);
   stats_.damageRects += lastOutput_.damage.size();
   stats_.hints += lastOutput_.hints.size();
+  if (log_) {
+    logCursor();
+    log_->finishBatch(numbered);
+  }
   return rejected;
 }
 

@@ -26,6 +26,7 @@
 #include "ipc/render.capnp.h"
 #include "renderer/qxl-decode.h"
 #include "renderer/raster.h"
+#include "renderer/recovery-log.h"
 
 namespace spicebox::renderer {
 
@@ -103,6 +104,10 @@ struct WorkerStats {
   uint64_t cursorShapes = 0;          // new pointer shapes taken (each got a new shapeSerial)
   uint64_t cursorShapesRefused = 0;   // QXL_CURSOR_SET shapes not taken (too large, unreadable)
   uint64_t cursorReports = 0;         // batches that reported the pointer (BatchDone.cursor)
+  uint64_t resumedBatches = 0;        // batches taken up where an earlier renderer stopped
+  uint64_t quarantinedSkipped = 0;    // items the broker quarantined, skipped
+  uint64_t adoptedSurfaces = 0;       // surfaces taken over from an earlier renderer
+  uint64_t adoptionRefused = 0;       // records of an earlier renderer refused by the checks
   // Rejections by DecodeErrorKind (the index); also drives the per-kind log rate limit.
   std::array<uint64_t, DECODE_ERROR_KIND_COUNT> rejectedByKind{};
 };
@@ -139,6 +144,11 @@ struct PrimaryState {
 
 class Worker {
  public:
+  Worker() = default;
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
   // Guest memory attached (guestMemory). Forgets the memslot table: the broker resends it.
   void attach(const GuestView& view);
   // Guest memory dropped (dropGuestMemory, or replaced). Forgets slots and surfaces.
@@ -150,8 +160,17 @@ class Worker {
   std::optional<std::string> receiveSegment(base::Fd fd,
                                             ipc::render::DisplaySegment::Reader segment);
 
-  // Runs every item of one batch, in order. Returns how many commands were rejected. What the
-  // batch did to the primary is then in lastOutput().
+  // The recovery area of this VMM link (renderer/recovery.h): from now on surfaces live in its
+  // arena and every change is committed there; what an earlier renderer left is adopted (its
+  // surfaces now, its primary when the segment it was drawn into arrives, its unfinished batch
+  // when that batch is sent again). The refusal text when the area cannot be used.
+  std::optional<std::string> attachRecovery(base::Fd fd, uint64_t arenaBytes);
+
+  // Runs every item of one batch, in order, skipping the items the broker quarantined (they
+  // brought a renderer down twice). Returns how many commands were rejected. What the batch did
+  // to the primary is then in lastOutput(). A batch an earlier renderer was in the middle of is
+  // taken up at the item it stopped at (that item's destination restored first when it was
+  // saved), and then reports the whole primary as damage.
   uint32_t runBatch(ipc::render::Batch::Reader batch);
   // The primary's output of the last batch (render.capnp BatchDone damage and hints).
   const PrimaryOutput& lastOutput() const { return lastOutput_; }
@@ -198,6 +217,18 @@ class Worker {
   // The guest memory of `size` bytes at `addr`, translated through today's slots, or empty.
   std::span<std::byte> locate(uint64_t addr, uint64_t size) const;
   void forgetSurfaces();
+  // Recovery: the records an earlier renderer left, adopted (offscreen surfaces at once; the
+  // primary once its segment is here).
+  void adoptSurfaces(RecoveryLog::Adopted& adopted);
+  void adoptPrimaryIfReady();
+  // The saved destination of the item an earlier renderer stopped in, put back.
+  void restoreUndo(const RecoveryLog::Undo& undo);
+  // This renderer's pointer and buffers, as records for the recovery area.
+  void logCursor();
+  void logBuffers();
+  // Items before `start` of a batch taken up again: only what sets state rather than pixels
+  // (memslots, the pointer) is applied again.
+  void replayStateItem(ipc::render::WorkItem::Reader item);
   // After a batch: its output is presented; its rectangles are what the other buffer lacks.
   void notePresented(const PrimaryOutput& output);
   void resetBuffers();
@@ -253,6 +284,16 @@ class Worker {
   };
   CursorKey reportedCursor_;
   bool cursorChanged_ = false;
+  // Recovery. The rasteriser's surfaces may live in its arena: ~Worker() lets go of them first.
+  std::unique_ptr<RecoveryLog> log_;
+  std::optional<recovery::ProgressView> resume_;  // where an earlier renderer stopped
+  // An earlier renderer's primary, waiting for the segment it was drawn into.
+  struct PendingPrimary {
+    recovery::PrimaryRecord record;
+    std::optional<RecoveryLog::AdoptedSurface> native;
+    recovery::BufferRecord buffers;
+  };
+  std::optional<PendingPrimary> pendingPrimary_;
 };
 
 }  // namespace spicebox::renderer
