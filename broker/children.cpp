@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 
 #include <spdlog/spdlog.h>
 #include "base/syscall.h"
@@ -31,6 +32,20 @@ long millisSince(Clock::time_point then) {
 }
 
 }  // namespace
+
+bool processStopped(pid_t pid) {
+  // /proc/PID/stat: "pid (comm) state ..."; comm may hold spaces and parentheses, the state
+  // follows the last ')'.
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line))
+    return false;
+  const size_t close = line.rfind(')');
+  if (close == std::string::npos || close + 2 >= line.size())
+    return false;
+  const char state = line[close + 2];
+  return state == 'T' || state == 't';
+}
 
 std::string describeWaitStatus(int status) {
   if (WIFEXITED(status)) {
@@ -192,6 +207,7 @@ void Child::spawn() {
   theirs.reset();
   killed_ = false;
   killedHung_ = false;
+  killedStopped_ = false;
   pid_ = pid;
   // pidfd: the exit is an event on the loop, with no SIGCHLD handler and no pid reuse race (the
   // child stays a zombie until we reap it).
@@ -291,9 +307,14 @@ void Child::onHeartbeatTick() {
   if (state_ != ChildState::Ready)
     return;
   if (millisSince(lastPongAt_) > policy_.heartbeatTimeout.count()) {
-    killChild("it stopped answering heartbeats (none for " +
+    // Stopped (SIGSTOP from an operator, a debugger) is not hung on its work: replaced all the
+    // same, but not counted against what it was doing.
+    const bool stopped = processStopped(pid_);
+    killChild(std::string(stopped ? "it is stopped (SIGSTOP) and" : "it") +
+                  " stopped answering heartbeats (none for " +
                   std::to_string(millisSince(lastPongAt_)) + " ms)",
-              true);
+              !stopped);
+    killedStopped_ = stopped;
     return;
   }
   peer_->sendPing(*channel_, ++pingSeq_);
@@ -306,7 +327,12 @@ bool Child::send(capnp::MessageBuilder& message, std::span<const int> fds) {
 }
 
 void Child::kill(const std::string& why, bool hung) {
-  killChild(why, hung);
+  if (pid_ <= 0 || killed_)
+    return;
+  // A stopped process (SIGSTOP) missed its deadline because someone stopped it.
+  const bool stopped = hung && processStopped(pid_);
+  killChild(stopped ? why + " (it is stopped: SIGSTOP)" : why, hung && !stopped);
+  killedStopped_ = stopped;
 }
 
 void Child::killChild(const std::string& why, bool hung) {
@@ -346,7 +372,7 @@ void Child::onExited() {
   death.wasReady = readyThisRun_;
   if (reaped > 0 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) {
     death.hung = killed_ && killedHung_;
-    death.fromOutside = !killed_;
+    death.fromOutside = !killed_ || killedStopped_;
   } else if (reaped > 0) {
     death.crashed = WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) != 0);
   }

@@ -135,10 +135,11 @@ class Child {
   std::chrono::steady_clock::time_point readyAt_;
   std::chrono::steady_clock::time_point lastPongAt_;
   bool readyThisRun_ = false;
-  bool killed_ = false;      // SIGKILL sent to this incarnation: nothing more is read or sent
-  bool killedHung_ = false;  // ...because it stopped making progress
-  int startupFailures_ = 0;  // consecutive deaths before ready
-  int recentDeaths_ = 0;     // deaths since the child was last healthy for healthyAfter
+  bool killed_ = false;         // SIGKILL sent to this incarnation: nothing more is read or sent
+  bool killedHung_ = false;     // ...because it stopped making progress
+  bool killedStopped_ = false;  // ...while it was stopped (SIGSTOP): not its own doing
+  int startupFailures_ = 0;     // consecutive deaths before ready
+  int recentDeaths_ = 0;        // deaths since the child was last healthy for healthyAfter
   int restarts_ = 0;
   sandbox::Level sandboxLevel_ = sandbox::Level::Off;
   std::string lastExit_;  // "killed by SIGKILL", "exited with status 1"
@@ -151,6 +152,8 @@ pid_t spawnWithChannel(const std::vector<std::string>& argv, int channelFd);
 
 // "exited with status 1", "killed by SIGKILL".
 std::string describeWaitStatus(int status);
+// Whether process `pid` is stopped (SIGSTOP, ptrace): /proc/PID/stat's state T or t.
+bool processStopped(pid_t pid);
 
 // A helper process the broker starts once and does not restart (the built-in guest). Its exit is
 // logged with its status; `onExit` runs then.
