@@ -33,17 +33,21 @@ long millisSince(Clock::time_point then) {
 
 }  // namespace
 
-bool processStopped(pid_t pid) {
+char processState(pid_t pid) {
   // /proc/PID/stat: "pid (comm) state ..."; comm may hold spaces and parentheses, the state
   // follows the last ')'.
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
   if (!std::getline(stat, line))
-    return false;
+    return 0;
   const size_t close = line.rfind(')');
   if (close == std::string::npos || close + 2 >= line.size())
-    return false;
-  const char state = line[close + 2];
+    return 0;
+  return line[close + 2];
+}
+
+bool processStopped(pid_t pid) {
+  const char state = processState(pid);
   return state == 'T' || state == 't';
 }
 
@@ -148,9 +152,11 @@ Child::Child(uv_loop_t* loop, std::unique_ptr<ChildPeer> peer, ChildSpec spec,
   uv_timer_init(loop_, heartbeatTimer_.get());
   uv_timer_init(loop_, restartTimer_.get());
   uv_timer_init(loop_, stopTimer_.get());
+  uv_timer_init(loop_, closedTimer_.get());
   heartbeatTimer_->data = this;
   restartTimer_->data = this;
   stopTimer_->data = this;
+  closedTimer_->data = this;
 }
 
 Child::~Child() {
@@ -293,9 +299,24 @@ ipc::Channel::Verdict Child::onMessage(capnp::MessageReader& message, ipc::Recei
 void Child::onChannelClosed(const std::string& reason) {
   if (state_ == ChildState::Stopping || pid_ <= 0)
     return;
-  // The channel is the child's only link: without it the child is useless. Its exit, reaped by
-  // onExited(), leads to the restart.
-  killChild("its channel closed: " + reason);
+  // The channel is the child's only link: without it the child is useless. A child that hung up
+  // is usually dying (killed from outside, crashed): its exit, due any moment, says how and leads
+  // to the restart, which a SIGKILL from here would hide. So it gets a moment; a child the
+  // channel refused (it sent what it may not) is killed at once.
+  if (reason != ipc::Channel::PEER_CLOSED) {
+    killChild("its channel closed: " + reason);
+    return;
+  }
+  const pid_t pid = pid_;
+  closedPid_ = pid;
+  uv_timer_start(
+      closedTimer_.get(),
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Child*>(t->data);
+        if (self->pid_ == self->closedPid_ && self->pid_ > 0)
+          self->killChild("it closed its channel and did not exit");
+      },
+      CLOSED_GRACE_MS, 0);
 }
 
 void Child::onHeartbeatTick() {

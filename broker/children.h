@@ -127,6 +127,9 @@ class Child {
   base::UvHandle<uv_timer_t> heartbeatTimer_;  // also the start timeout before hello
   base::UvHandle<uv_timer_t> restartTimer_;
   base::UvHandle<uv_timer_t> stopTimer_;
+  base::UvHandle<uv_timer_t> closedTimer_;  // a child that hung up gets this long to exit
+  pid_t closedPid_ = -1;
+  static constexpr uint64_t CLOSED_GRACE_MS = 200;
   std::function<void()> stopDone_;
 
   uint64_t pingSeq_ = 0;

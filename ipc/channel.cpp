@@ -31,7 +31,7 @@ static_assert(MAX_FRAME_BYTES % WORD_BYTES == 0, "the receive buffer is whole wo
 // attaches more, the kernel sets MSG_CTRUNC and discards the rest.
 constexpr size_t CONTROL_BYTES = CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MESSAGE);
 
-const std::string PEER_CLOSED = "peer closed the channel";
+const std::string PEER_CLOSED_TEXT(Channel::PEER_CLOSED);
 
 // Moves every descriptor of every SCM_RIGHTS message into an owner, before anything is checked,
 // so that no path below can leak one.
@@ -312,7 +312,7 @@ bool Channel::receiveOne() {
     // On SOCK_SEQPACKET end of stream and an empty datagram read the same; descriptors tell
     // them apart. Either way the channel ends.
     if (fds.empty()) {
-      closeWith(CloseCause::PeerHangUp, PEER_CLOSED);
+      closeWith(CloseCause::PeerHangUp, PEER_CLOSED_TEXT);
     } else {
       closeWith(CloseCause::PeerFault, "empty datagram with descriptors");
     }
@@ -393,7 +393,7 @@ Channel::SendResult Channel::sendDatagram(kj::ArrayPtr<const capnp::word> words,
     return SendResult::WouldBlock;
   SB_ASSERT(err != EBADF, "message to {} attaches a descriptor that is not open", peerName_);
   if (err == EPIPE || err == ECONNRESET || err == ENOTCONN) {
-    closeWith(CloseCause::PeerHangUp, PEER_CLOSED);
+    closeWith(CloseCause::PeerHangUp, PEER_CLOSED_TEXT);
   } else {
     // EMSGSIZE (a socket buffer below MAX_FRAME_BYTES), ETOOMANYREFS (too many descriptors in
     // flight), ENOBUFS/ENOMEM.

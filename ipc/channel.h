@@ -13,6 +13,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -58,6 +59,8 @@ class ReceivedFds {
 // destroyed, so its handles' memory is freed (base/uv-handle.h).
 class Channel {
  public:
+  // The close reason when the peer hung up (EOF or a reset) rather than sent anything wrong.
+  static constexpr std::string_view PEER_CLOSED = "peer closed the channel";
   // Result of handling one message: std::nullopt = accepted; otherwise why the peer is at fault.
   using Verdict = std::optional<std::string>;
   // Called for each message, in order. The message has passed the structural checks above, but a
