@@ -1,5 +1,5 @@
 // Runs in: the libFuzzer target spicebox-decode-fuzz (developer and CI machines; built by
-// tools/fuzz-decoder.sh with clang -fsanitize=fuzzer,address,undefined). Input: fuzz bytes,
+// tools/fuzz.sh with clang -fsanitize=fuzzer,address,undefined). Input: fuzz bytes,
 // wholly hostile, laid out as renderer/fuzz/fuzz-image.h describes (command type, command
 // address, RAM image, VRAM image).
 //

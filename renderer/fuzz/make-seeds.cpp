@@ -1,4 +1,4 @@
-// Runs in: spicebox-decode-fuzz-seeds, a developer tool run by tools/fuzz-decoder.sh (unsandboxed).
+// Runs in: spicebox-decode-fuzz-seeds, a developer tool run by tools/fuzz.sh (unsandboxed).
 // Input: guestsim's all-draws and stress scenarios (trusted) and QXL recordings named on the
 // command line (checked by RecordReader; a bad file stops that file with its error).
 //

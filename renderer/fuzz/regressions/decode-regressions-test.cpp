@@ -1,4 +1,4 @@
-// Runs in: tests (renderer-fuzz-regression-tests, and tools/fuzz-decoder.sh replays the same
+// Runs in: tests (renderer-fuzz-regression-tests, and tools/fuzz.sh replays the same
 // .bin files through the clang-built fuzzer). Input: fuzz inputs beside this file, minimised
 // findings of the decoder fuzzer (hostile by construction), in the layout of
 // renderer/fuzz/fuzz-image.h.
