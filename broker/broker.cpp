@@ -779,6 +779,10 @@ StatusReport Broker::statusReport() const {
     r.children.push_back(std::move(c));
   }
   r.vmmLinked = vmm_ && vmm_->linked();
+  if (const qxl::Device* device = vmm_ ? vmm_->device() : nullptr) {
+    r.vmmCommands = device->stats().commands + device->stats().cursorCommands;
+    r.vmmReleased = device->stats().released;
+  }
   r.vmm = vmm_ ? vmm_->describe() : "no VMM (--vmm-socket not given, no built-in guest)";
   if (shownSegment_) {
     r.displayWidth = shownSegment_->layout.width;

@@ -30,7 +30,11 @@ std::string toJson(const StatusReport& r) {
   json doc = {
       {"broker", {{"pid", r.pid}, {"uptime_s", r.uptimeSeconds}}},
       {"children", children},
-      {"vmm", {{"linked", r.vmmLinked}, {"description", r.vmm}}},
+      {"vmm",
+       {{"linked", r.vmmLinked},
+        {"description", r.vmm},
+        {"commands", r.vmmCommands},
+        {"released", r.vmmReleased}}},
       {"display",
        {{"width", r.displayWidth}, {"height", r.displayHeight}, {"segment", r.displaySegment}}},
       {"clients",

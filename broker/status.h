@@ -33,6 +33,9 @@ struct StatusReport {
   std::vector<ChildStatus> children;
   bool vmmLinked = false;
   std::string vmm;  // VmmLink::describe()
+  // This link's device: commands taken off the guest's rings and released back (equal when the
+  // guest is idle and nothing is left in flight).
+  uint64_t vmmCommands = 0, vmmReleased = 0;
   uint32_t displayWidth = 0, displayHeight = 0;
   uint64_t displaySegment = 0;  // generation; 0: no display
   // Clients, from the netproxy's counts: display channels by mode.
