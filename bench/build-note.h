@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "sandbox/sanitizers.h"
+
 #ifndef SPICEBOX_BUILD_TYPE
 #define SPICEBOX_BUILD_TYPE "unknown"
 #endif
@@ -18,7 +20,7 @@ inline void printBuildNote() {
 #else
   constexpr bool OPTIMISED = false;
 #endif
-#ifdef __SANITIZE_ADDRESS__
+#if SPICEBOX_ADDRESS_SANITIZER
   constexpr bool SANITIZED = true;
 #else
   constexpr bool SANITIZED = false;

@@ -37,6 +37,7 @@
 #include "bench/build-note.h"
 #include "bench/live-feed.h"
 #include "bench/uv-core.h"
+#include "sandbox/sanitizers.h"
 #include "tools/guestsim/scenario.h"
 
 namespace {
@@ -292,7 +293,7 @@ int serve(const Options& o) {
 
 }  // namespace
 
-#if defined(__SANITIZE_ADDRESS__)
+#if SPICEBOX_ADDRESS_SANITIZER
 // Sanitizer builds (bench-tests run this host under ASan): libspice-server 0.15 leaks the
 // RedClient of a connection whose disconnect is still queued on its main dispatcher when the
 // server is destroyed (it logs "error reading from dispatcher: 11" then), with its channel

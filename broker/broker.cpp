@@ -609,8 +609,13 @@ Broker::BatchOutputPlan Broker::planBatch(std::span<const qxl::WorkItem> items) 
   for (const qxl::WorkItem& item : items) {
     if (const auto* command = std::get_if<qxl::CommandItem>(&item)) {
       ++plan.commands;
+      // QXLCmdType (qxl_dev.h), by value.
+      static constexpr const char* TYPES[] = {"NOP",    "DRAW",    "UPDATE",
+                                              "CURSOR", "MESSAGE", "SURFACE"};
       plan.itemNames.push_back(
-          fmt::format("command of type {} at guest address {:#x}", command->type, command->addr));
+          fmt::format("{} command (QXL type {}) at guest address {:#x}",
+                      command->type < std::size(TYPES) ? TYPES[command->type] : "unknown",
+                      command->type, command->addr));
     } else {
       static constexpr const char* NAMES[] = {"command",        "createPrimary",   "destroyPrimary",
                                               "destroySurface", "destroySurfaces", "updateArea",

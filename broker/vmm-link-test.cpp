@@ -723,12 +723,14 @@ TEST_CASE("batch-done-too-many-hints-or-fill-rects: refused", "[peer-renderer][h
 }
 
 TEST_CASE("batch-done-empty-inverted-or-negative-rect: refused", "[peer-renderer][hostile]") {
-  for (auto [l, t, r, b] : std::vector<std::array<int32_t, 4>>{{5, 5, 5, 9},
-                                                               {5, 5, 9, 5},
-                                                               {9, 0, 5, 4},
-                                                               {-1, 0, 4, 4},
-                                                               {0, INT32_MIN, 4, 4},
-                                                               {0, 0, INT32_MAX, 4}}) {
+  for (const auto& rect : std::vector<std::array<int32_t, 4>>{{5, 5, 5, 9},
+                                                                {5, 5, 9, 5},
+                                                                {9, 0, 5, 4},
+                                                                {-1, 0, 4, 4},
+                                                                {0, INT32_MIN, 4, 4},
+                                                                {0, 0, INT32_MAX, 4}}) {
+    // Named copies, not structured bindings: clang 14 cannot capture those in the lambdas.
+    const int32_t l = rect[0], t = rect[1], r = rect[2], b = rect[3];
     INFO(l << " " << t << " " << r << " " << b);
     auto damage = decodeBatchDone([&](auto done) { setRect(done.initDamage(1)[0], l, t, r, b); });
     CHECK(damage.kind == Kind::Refused);

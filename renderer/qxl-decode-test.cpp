@@ -282,7 +282,6 @@ CopyAddrs copyAddrs(TestGuest& g, const Materialised& m) {
   auto img = g.peek<QXLImage>(d.u.copy.src_bitmap);
   return {m.commandAddr, d.u.copy.src_bitmap, img.bitmap.data, img.bitmap.palette};
 }
-constexpr uint64_t BITMAP_OFFSET = sizeof(QXLImageDescriptor);
 
 Command surfaceCreate(uint32_t id, uint32_t w, uint32_t h, int32_t stride) {
   SurfaceCmd s;

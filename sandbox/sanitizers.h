@@ -3,18 +3,21 @@
 // address space, so RLIMIT_AS cannot apply).
 #pragma once
 
-namespace spicebox::sandbox {
-
+// SPICEBOX_ADDRESS_SANITIZER: 1 in an ASan build, for #if. GCC says so with __SANITIZE_ADDRESS__,
+// clang (the ASan + fuzz build) only through __has_feature.
 #if defined(__SANITIZE_ADDRESS__)
-inline constexpr bool ADDRESS_SANITIZER = true;
+#define SPICEBOX_ADDRESS_SANITIZER 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
-inline constexpr bool ADDRESS_SANITIZER = true;
-#else
-inline constexpr bool ADDRESS_SANITIZER = false;
+#define SPICEBOX_ADDRESS_SANITIZER 1
 #endif
-#else
-inline constexpr bool ADDRESS_SANITIZER = false;
 #endif
+#ifndef SPICEBOX_ADDRESS_SANITIZER
+#define SPICEBOX_ADDRESS_SANITIZER 0
+#endif
+
+namespace spicebox::sandbox {
+
+inline constexpr bool ADDRESS_SANITIZER = SPICEBOX_ADDRESS_SANITIZER != 0;
 
 }  // namespace spicebox::sandbox

@@ -6,8 +6,12 @@
 #include <spice/enums.h>
 #include <sys/mman.h>
 
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <set>
@@ -912,6 +916,29 @@ TEST_CASE("batchDone for a batch that is not the oldest is ignored", "[device]")
   CHECK(guest.device->batchesInFlight() == 1);
   guest.finishAll();
   CHECK(guest.collectReleases() == std::vector<uint64_t>{1});
+}
+
+TEST_CASE("a-guest-repeating-one-fault-cannot-hide-another-from-the-log", "[device][hostile]") {
+  // Guest errors are logged at the 1st, 2nd, 4th... occurrence of each kind: the first of a
+  // new kind is always logged, however many of another came before.
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64);
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("device-test", sink));
+  Guest guest;
+  for (int i = 0; i < 4; ++i)
+    guest.device->ioWrite(QXL_IO_DESTROY_PRIMARY, 0, false);  // no primary: a guest error
+  guest.device->ioWrite(QXL_IO_MEMSLOT_DEL, 6, false);        // never added: another kind
+  spdlog::set_default_logger(previous);
+  std::vector<std::string> lines = sink->last_formatted();
+  auto count = [&](const std::string& text) {
+    return std::count_if(lines.begin(), lines.end(), [&](const std::string& line) {
+      return line.find(text) != std::string::npos;
+    });
+  };
+  CHECK(count("QXL_IO_DESTROY_PRIMARY without a primary surface") == 3);  // 1st, 2nd, 4th
+  CHECK(count("slot not active (6); QXL_INTERRUPT_ERROR raised (1 of this kind, 5 guest errors") ==
+        1);
+  CHECK(guest.device->stats().guestErrors == 5);
 }
 
 }  // namespace

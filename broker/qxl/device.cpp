@@ -23,6 +23,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
+#include <map>
+#include <string_view>
 
 #include "base/assert.h"
 
@@ -219,11 +222,17 @@ struct Device::Impl {
     }
   }
 
+  // `what` is one of this file's fixed messages (or memslot.cpp's describe()).
   void guestError(const char* what, uint64_t detail) {
     ++stats->guestErrors;
-    if (shouldLog(guestErrorLogs)) {
-      spdlog::warn("QXL guest error: {} ({}); QXL_INTERRUPT_ERROR raised ({} guest errors so far)",
-                   what, detail, stats->guestErrors);
+    // Rate-limited per kind of fault: a guest repeating one fault cannot flood the log, nor hide
+    // another fault behind it (one shared counter logged only the 1st, 2nd, 4th... of all).
+    uint64_t& ofThisKind = guestErrorLogs[what];
+    if (shouldLog(ofThisKind)) {
+      spdlog::warn(
+          "QXL guest error: {} ({}); QXL_INTERRUPT_ERROR raised ({} of this kind, {} guest errors "
+          "so far)",
+          what, detail, ofThisKind, stats->guestErrors);
     }
     orInterrupts(QXL_INTERRUPT_ERROR);
   }
@@ -488,11 +497,9 @@ struct Device::Impl {
         return std::vector<WorkItem>{DestroyPrimaryItem{}};
       case QXL_IO_DESTROY_SURFACE_WAIT:
       case QXL_IO_DESTROY_SURFACE_ASYNC:
-        // The port value is 8 bits, below MAX_SURFACES; checked anyway in case either changes.
-        if (io.value >= MAX_SURFACES) {
-          guestError("QXL_IO_DESTROY_SURFACE: surface id out of range", io.value);
-          return std::nullopt;
-        }
+        // The port value is 8 bits: every value names a surface id in range.
+        static_assert(std::numeric_limits<decltype(io.value)>::max() < MAX_SURFACES,
+                      "QXL_IO_DESTROY_SURFACE: check the port value against MAX_SURFACES");
         return std::vector<WorkItem>{DestroySurfaceItem{io.value}};
       case QXL_IO_DESTROY_ALL_SURFACES:
       case QXL_IO_DESTROY_ALL_SURFACES_ASYNC:
@@ -722,7 +729,8 @@ struct Device::Impl {
   bool rendererLost = false;  // a sendBatch failed: nothing is sent until rendererAvailable()
   bool inCall = false;        // DeviceOutput must not call back into the device
 
-  uint64_t guestErrorLogs = 0;
+  // Guest errors by message. Bounded by the messages in the code (a few dozen), not by the guest.
+  std::map<std::string_view, uint64_t> guestErrorLogs;
   uint64_t guestLogLines = 0;
   uint64_t ignoredPortLogs = 0;
   uint64_t badBatchDoneLogs = 0;

@@ -34,6 +34,7 @@
 #include <sstream>
 #include <thread>
 
+#include "sandbox/sanitizers.h"
 #include "tests/integration/client-steps.h"
 #include "tools/ctl/status-text.h"
 
@@ -52,7 +53,7 @@ constexpr auto RECOVERY_BOUND = 30s;   // a replaced child serving again (ASan b
 constexpr auto CONVERGE_BOUND = 120s;  // the guest's last command drawn and seen by both clients
 // The broker's memory may grow this much over the run (allocator caches, the status document);
 // a leak per restart would be megabytes per round.
-constexpr int64_t MAX_RSS_GROWTH_KIB = 16 * 1024;
+[[maybe_unused]] constexpr int64_t MAX_RSS_GROWTH_KIB = 16 * 1024;  // not under ASan
 
 uint64_t envNumber(const char* name, uint64_t otherwise) {
   const char* v = std::getenv(name);
@@ -201,12 +202,6 @@ TEST_CASE("fault injection: kills and stops of the renderer and netproxy under s
                         "100",
                         "--heartbeat-timeout",
                         "600",
-                        "--restart-delay-min",
-                        "10",
-                        "--restart-delay-max",
-                        "200",
-                        "--healthy-after",
-                        "300",
                         "--batch-deadline",
                         "3000"});
   const client::Target tcp = startListening(broker, "tcp");
@@ -267,16 +262,16 @@ TEST_CASE("fault injection: kills and stops of the renderer and netproxy under s
         f.netproxyRecoveryMs.push_back(
             std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
-    // The stopped process is killed and replaced by the broker; wait until the new one serves.
-    const auto until = Clock::now() + RECOVERY_BOUND;
-    while (Clock::now() < until) {
-      const auto now = status(statusSock);
-      const pid_t next = childPid(now, target);
-      if (next > 0 && next != pid)
-        break;
-      broker.drain();
-      std::this_thread::sleep_for(10ms);  // polling the status socket: no event to wait on
-    }
+    // The stopped process is killed and replaced by the broker; wait until the new one serves
+    // (the broker's sd_notify STATUS line names each child's state and pid).
+    const auto replaced = broker.waitForStatus(
+        [&](const BrokerStatus& now) {
+          const ChildStatus& child = target == "renderer" ? now.renderer : now.netproxy;
+          return child.state == "ready" && child.pid > 0 && child.pid != pid;
+        },
+        RECOVERY_BOUND);
+    INFO(broker.stderrText());
+    REQUIRE(replaced);
     REQUIRE(processExists(brokerPid));
   }
 
@@ -317,15 +312,20 @@ TEST_CASE("fault injection: kills and stops of the renderer and netproxy under s
   const auto end = status(statusSock);
   CHECK(end["commands"]["quarantined"] == 0);
   CHECK(end["rendering"]["stopped"] == false);
-  const auto until = Clock::now() + 10s;
-  while (Clock::now() < until &&
-         status(statusSock)["vmm"]["released"] != status(statusSock)["vmm"]["commands"])
-    std::this_thread::sleep_for(10ms);  // releases are pushed on the next batches' answers
+  // guestsim logs "--until N reached" once the device released everything it submitted.
   const auto drained = status(statusSock);
   CHECK(drained["vmm"]["released"] == drained["vmm"]["commands"]);
   CHECK(countFds(brokerPid) == fdsBefore);
   const int64_t rssAfter = rssKib(brokerPid);
+#if SPICEBOX_ADDRESS_SANITIZER
+  // Under ASan the RSS holds its quarantine of freed memory (up to 256 MiB) and shadow pages:
+  // it says nothing about leaks, which LeakSanitizer checks when the broker exits (below: a leak
+  // makes its exit status non-zero).
+  WARN("broker RSS not checked under AddressSanitizer (" << rssBefore << " -> " << rssAfter
+                                                         << " KiB)");
+#else
   CHECK(rssAfter - rssBefore <= MAX_RSS_GROWTH_KIB);
+#endif
 
   std::ostringstream figures;
   figures << "fault injection: " << rounds << " rounds (seed " << seed << "), " << commands

@@ -1,8 +1,17 @@
 #include "tests/integration/client-steps.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <fstream>
+#include <sstream>
 
 namespace spicebox::test {
 
@@ -113,6 +122,97 @@ std::string tempDir(const std::string& what) {
   std::string tmpl = "/tmp/spicebox-" + what + "-XXXXXX";
   REQUIRE(::mkdtemp(tmpl.data()));
   return tmpl;
+}
+
+std::string readFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+Program startProgram(const char* binary, const std::vector<std::string>& args,
+                     const std::filesystem::path& dir, const std::string& name, bool pipeStdout) {
+  Program p{name, -1, {}, dir / (name + ".out"), dir / (name + ".err"), {}, {}};
+  int pipeFds[2] = {-1, -1};
+  if (pipeStdout)
+    REQUIRE(::pipe2(pipeFds, O_CLOEXEC) == 0);
+  p.pid = ::fork();
+  REQUIRE(p.pid >= 0);
+  if (p.pid == 0) {
+    int out =
+        pipeStdout ? pipeFds[1] : ::open(p.outPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int err = ::open(p.errPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (out < 0 || err < 0 || ::dup2(out, 1) < 0 || ::dup2(err, 2) < 0)
+      ::_exit(126);
+    std::vector<std::string> store{binary};
+    store.insert(store.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : store)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  if (pipeStdout) {
+    ::close(pipeFds[1]);
+    p.stdoutPipe = base::Fd(pipeFds[0]);
+  }
+  p.pidfd = base::Fd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
+  REQUIRE(p.pidfd);
+  return p;
+}
+
+bool awaitLines(Program& p, BrokerProcess& broker, size_t count, std::chrono::milliseconds bound) {
+  REQUIRE(p.stdoutPipe);
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  auto lines = [&p] {
+    return static_cast<size_t>(std::count(p.stdoutText.begin(), p.stdoutText.end(), '\n'));
+  };
+  while (lines() < count) {
+    if (std::chrono::steady_clock::now() > deadline)
+      return false;
+    pollfd fd{p.stdoutPipe.get(), POLLIN, 0};
+    const int n = ::poll(&fd, 1, 50);  // wakes to keep the broker drained
+    broker.drain();
+    if (n <= 0)
+      continue;
+    char buffer[4096];
+    const ssize_t got = ::read(p.stdoutPipe.get(), buffer, sizeof buffer);
+    if (got <= 0)
+      return false;
+    p.stdoutText.append(buffer, static_cast<size_t>(got));
+  }
+  return true;
+}
+
+Exit awaitExit(Program& p, BrokerProcess& broker, std::chrono::milliseconds bound) {
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  for (;;) {
+    pollfd fd{p.pidfd.get(), POLLIN, 0};
+    const int n = ::poll(&fd, 1, 50);
+    broker.drain();
+    if (n > 0)
+      break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(p.pid, SIGKILL);
+      ::waitpid(p.pid, nullptr, 0);
+      FAIL(p.name << " did not finish within " << bound.count() << " ms:\n" << readFile(p.errPath));
+    }
+  }
+  Exit exit;
+  REQUIRE(::waitpid(p.pid, &exit.waitStatus, 0) == p.pid);
+  if (p.stdoutPipe) {
+    char buffer[4096];
+    ssize_t got;
+    while ((got = ::read(p.stdoutPipe.get(), buffer, sizeof buffer)) > 0)
+      p.stdoutText.append(buffer, static_cast<size_t>(got));
+    exit.out = p.stdoutText;
+  } else {
+    exit.out = readFile(p.outPath);
+  }
+  exit.err = readFile(p.errPath);
+  return exit;
 }
 
 }  // namespace spicebox::test

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "base/fd.h"
 #include "client/spice-client.h"
 #include "tests/integration/broker-process.h"
 #include "tests/oracle/png-image.h"
@@ -53,6 +55,35 @@ struct Difference {
 Difference difference(const client::Canvas* canvas, const oracle::RgbImage& image);
 
 uint64_t draws(client::Session& s);
+
+// A program a test started (fork + execv), its stdout and stderr in the files `dir`/`name`.out
+// and .err; with `pipeStdout`, its stdout comes through `stdoutPipe` instead (awaitLine()).
+struct Program {
+  std::string name;
+  pid_t pid = -1;
+  base::Fd pidfd;
+  std::filesystem::path outPath, errPath;
+  base::Fd stdoutPipe;
+  std::string stdoutText;  // read from the pipe so far
+};
+Program startProgram(const char* binary, const std::vector<std::string>& args,
+                     const std::filesystem::path& dir, const std::string& name,
+                     bool pipeStdout = false);
+// Reads `p`'s piped stdout until it holds `count` complete lines, keeping the broker drained;
+// false when `bound` passes first or the program closes its stdout.
+bool awaitLines(Program& p, BrokerProcess& broker, size_t count, std::chrono::milliseconds bound);
+
+struct Exit {
+  int waitStatus = -1;
+  std::string out;  // its stdout
+  std::string err;  // its stderr
+};
+// Waits for `p` to exit (reaping it), keeping the broker's notification queue and stderr pipe
+// drained meanwhile (full, they would block it). Past `bound` the program is killed and the test
+// fails with its stderr.
+Exit awaitExit(Program& p, BrokerProcess& broker, std::chrono::milliseconds bound);
+
+std::string readFile(const std::filesystem::path& path);
 
 // A new directory under /tmp named after `what`.
 std::string tempDir(const std::string& what = "clients");

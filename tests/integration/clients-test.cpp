@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "client/spice-client.h"
+#include "sandbox/sanitizers.h"
 #include "tests/integration/broker-process.h"
 #include "tests/integration/client-steps.h"
 #include "tests/oracle/png-image.h"
@@ -44,7 +45,7 @@ using test::tempDir;
 // measured: ~20 MiB for a 1280 x 800 desktop. 96 MiB leaves room for two pictures per client and
 // the encoders' buffers. Under AddressSanitizer freed memory sits in its quarantine (256 MiB by
 // default) and every byte has shadow, so the bound there only catches unbounded growth.
-#if defined(__SANITIZE_ADDRESS__)
+#if SPICEBOX_ADDRESS_SANITIZER
 constexpr uint64_t NETPROXY_RSS_BOUND_KIB = 640 * 1024;
 #else
 constexpr uint64_t NETPROXY_RSS_BOUND_KIB = 96 * 1024;

@@ -80,6 +80,12 @@ class DriverAllocator final : public GuestAllocator {
   // from guest memory.
   std::byte* hostAddress(uint64_t guestAddr, size_t size) const;
 
+  // The slot behind `arena` was deleted and added again (a hostile guest does that): blocks handed
+  // out from now on carry the new generation; earlier ones keep the address they were given.
+  void setGeneration(Arena arena, uint8_t generation) {
+    (arena == Arena::Ram ? ramMap_ : vramMap_).generation = generation;
+  }
+
   const FirstFitArena& arena(Arena which) const { return which == Arena::Ram ? ram_ : vram_; }
   const ArenaMapping& mapping(Arena which) const {
     return which == Arena::Ram ? ramMap_ : vramMap_;

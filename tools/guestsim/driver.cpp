@@ -135,6 +135,16 @@ void Driver::init() {
                uint32_t{header.id}, uint32_t{header.n_surfaces}, offset, header.slots_start,
                header.slots_end);
 
+  slots_.ramSlot = header.slots_start;
+  slots_.vramSlot = header.slots_start + 1;
+  slots_.slotIdBits = header.slot_id_bits;
+  slots_.slotGenBits = header.slot_gen_bits;
+  slots_.ramStart = vmm_.ramPhysStart();
+  slots_.ramEnd = vmm_.ramPhysStart() + offset;
+  setUpSlots();
+}
+
+void Driver::setUpSlots() {
   auto* base = ramHeader();
   std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(base + offsetof(QXLRam, int_mask)))
       .store(INTERRUPT_MASK);
@@ -144,22 +154,25 @@ void Driver::init() {
   auto addSlot = [&](uint8_t id, uint64_t start, uint64_t end) {
     storeField(base, offsetof(QXLRam, mem_slot), QXLMemSlot{start, end});
     vmm_.ioWrite(QXL_IO_MEMSLOT_ADD_ASYNC, id, true);
-    return std::to_integer<uint8_t>(rom[offsetof(QXLRom, slot_generation)]);
+    return std::to_integer<uint8_t>(vmm_.rom()[offsetof(QXLRom, slot_generation)]);
   };
-  uint8_t ramSlot = header.slots_start;
-  uint8_t vramSlot = header.slots_start + 1;
-  uint8_t ramGen = addSlot(ramSlot, vmm_.ramPhysStart(), vmm_.ramPhysStart() + offset);
+  const SlotLayout& s = slots_;
+  uint8_t ramGen = addSlot(s.ramSlot, s.ramStart, s.ramEnd);
   uint8_t vramGen =
-      addSlot(vramSlot, vmm_.vramPhysStart(), vmm_.vramPhysStart() + vmm_.vram().size());
-  ArenaMapping ramArena{ram.subspan(0, offset), vmm_.ramPhysStart(), ramSlot, ramGen,
-                        header.slot_id_bits,    header.slot_gen_bits};
-  ArenaMapping vramArena{vmm_.vram(), vmm_.vramPhysStart(), vramSlot,
-                         vramGen,     header.slot_id_bits,  header.slot_gen_bits};
+      addSlot(s.vramSlot, vmm_.vramPhysStart(), vmm_.vramPhysStart() + vmm_.vram().size());
+  ArenaMapping ramArena{vmm_.ram().subspan(0, ramHeaderOffset_),
+                        s.ramStart,
+                        s.ramSlot,
+                        ramGen,
+                        s.slotIdBits,
+                        s.slotGenBits};
+  ArenaMapping vramArena{vmm_.vram(), vmm_.vramPhysStart(), s.vramSlot,
+                         vramGen,     s.slotIdBits,         s.slotGenBits};
   allocator_ = std::make_unique<DriverAllocator>(ramArena, vramArena);
   spdlog::info(
       "memslots: {} = RAM command area ({} KiB, generation {}), {} = VRAM ({} MiB, "
       "generation {})",
-      ramSlot, offset >> 10, ramGen, vramSlot, vmm_.vram().size() >> 20, vramGen);
+      s.ramSlot, ramHeaderOffset_ >> 10, ramGen, s.vramSlot, vmm_.vram().size() >> 20, vramGen);
 }
 
 void Driver::onInterrupt() {
@@ -192,7 +205,9 @@ bool Driver::perform(const GuestAction& action) {
     reclaim();
     return submit(*command);
   }
-  return performIo(std::get<IoEvent>(action));
+  const auto* io = std::get_if<IoEvent>(&action);
+  SB_ASSERT(io, "attacks and device resets are the attacker's (attacker.h)");
+  return performIo(*io);
 }
 
 Driver::StampedResult Driver::submitWithStamp(const Command& command, uint32_t seq) {
@@ -311,6 +326,8 @@ void Driver::publish(std::span<const LaidOut> items) {
   const bool cursorRing = items.front().materialised->cursorRing;
   for (const LaidOut& laid : items)
     SB_ASSERT(laid.materialised->cursorRing == cursorRing, "one publish, one ring");
+  if (commandRingsPoisoned_)
+    throw VmmError("a command was published on a ring the attacker broke, before resetDevice()");
   auto* base = ramHeader();
   RingView ring = cursorRing ? RingView(base + offsetof(QXLRam, cursor_ring), QXL_CURSOR_RING_SIZE,
                                         sizeof(QXLCursorRing_ring_el))
@@ -364,7 +381,9 @@ void Driver::publish(std::span<const LaidOut> items) {
 }
 
 void Driver::reclaim() {
-  if (!allocator_)
+  // Poisoned: the guest broke its own release ring's consumer index; walking it would read
+  // what the device never wrote. Releases resume after resetDevice().
+  if (!allocator_ || releaseRingPoisoned_)
     return;
   auto* base = ramHeader();
   RingView ring(base + offsetof(QXLRam, release_ring), QXL_RELEASE_RING_SIZE,
@@ -563,6 +582,8 @@ void Driver::createPrimary(const IoEvent& io) {
   primaryHeight_ = s.height;
   primaryStride_ = s.stride;
   primaryFormat_ = s.format;
+  primaryCreated_ = PrimarySurface{s.width,     s.height, s.stride, s.format, s.position,
+                                   s.mouseMode, s.flags,  s.type,   {}};
   vmm_.ioWrite(QXL_IO_CREATE_PRIMARY_ASYNC, 0, true);
 }
 
@@ -646,4 +667,111 @@ void Driver::monitorsConfig() {
   storeField(ramHeader(), offsetof(QXLRam, monitors_config), uint64_t{monitorsConfig_->guestAddr});
   vmm_.ioWrite(QXL_IO_MONITORS_CONFIG_ASYNC, 0, true);
 }
+
+// ---------------------------------------------------------------- a hostile guest's steps
+
+std::optional<Driver::Prepared> Driver::prepare(const Command& command) {
+  SB_ASSERT(allocator_, "prepare() before init()");
+  reclaim();
+  const uint64_t id = nextReleaseId_;
+  auto laid = layOut(command, std::nullopt, true);
+  if (!laid)
+    return std::nullopt;
+  return Prepared{id, &pending_.at(id).materialised};
+}
+
+void Driver::publishPrepared(std::span<const Prepared> items) {
+  std::vector<LaidOut> laid;
+  for (const Prepared& p : items)
+    laid.push_back(LaidOut{p.laidOut, nullptr, 0});
+  publish(laid);
+}
+
+void Driver::moveReleaseInfo(uint64_t releaseId, std::byte* host) {
+  pending_.at(releaseId).releaseInfo = host;
+}
+
+void Driver::waitReleased(uint64_t releaseId) {
+  for (;;) {
+    reclaim();
+    if (!isOutstanding(releaseId))
+      return;
+    waitForRelease("the device to release a command the attacker waits for");
+  }
+}
+
+void Driver::abandon(uint64_t releaseId) {
+  auto it = pending_.find(releaseId);
+  SB_ASSERT(it != pending_.end(), "abandon({}) of no outstanding command", releaseId);
+  for (const GuestBlock& block : it->second.materialised.blocks)
+    allocator_->free(block);
+  pending_.erase(it);
+  ++stats_.unreleasable;
+}
+
+void Driver::forgetSurface(uint32_t surfaceId) {
+  auto it = surfaces_.find(surfaceId);
+  if (it == surfaces_.end())
+    return;
+  allocator_->free(it->second);
+  surfaces_.erase(it);
+}
+
+void Driver::resetDevice() {
+  stats_.forgottenAtReset += restartDevice();
+  ++stats_.resets;
+}
+
+void Driver::relinked() {
+  // What the old device released before it went: walked now, not counted as forgotten.
+  if (!releaseRingPoisoned_)
+    reclaim();
+  std::optional<IoEvent> primaryAgain;
+  if (primary_) {
+    PrimarySurface again = primaryCreated_;
+    const uint64_t absStride =
+        again.stride < 0 ? -static_cast<int64_t>(again.stride) : again.stride;
+    const auto* pixels = reinterpret_cast<const uint8_t*>(primary_->host);
+    again.data.assign(pixels, pixels + absStride * again.height);
+    primaryAgain = IoEvent{WorkerMessage::CreatePrimarySurface, std::move(again)};
+  }
+  const uint64_t forgotten = restartDevice();
+  stats_.forgottenAtRelink += forgotten;
+  ++stats_.relinks;
+  if (primaryAgain)
+    createPrimary(*primaryAgain);
+  spdlog::info("linked again: {} commands the old device had not released reclaimed{}", forgotten,
+               primaryAgain
+                   ? fmt::format("; primary {}x{} created again from guest memory",
+                                 primaryAgain->primary->width, primaryAgain->primary->height)
+                   : std::string("; no primary"));
+}
+
+uint64_t Driver::restartDevice() {
+  SB_ASSERT(allocator_, "restartDevice() before init()");
+  // Acted on at once by the device (it rewrites the rings and forgets the slots), completed once
+  // everything queued before it is done.
+  vmm_.ioWrite(QXL_IO_RESET, 0, true);
+  const uint64_t forgotten = pending_.size();
+  pending_.clear();
+  surfaces_.clear();
+  orphanedSurfaces_.clear();
+  primary_.reset();
+  monitorsConfig_.reset();
+  commandRingsPoisoned_ = releaseRingPoisoned_ = false;
+  // Their memory goes with the old allocator: nothing the device still reads (the reset
+  // completed after every batch before it).
+  setUpSlots();
+  return forgotten;
+}
+
+void Driver::ramSlotReAdded(uint8_t generation) {
+  allocator_->setGeneration(Arena::Ram, generation);
+  // The one long-lived RAM block: its address has the old generation.
+  if (monitorsConfig_) {
+    allocator_->free(*monitorsConfig_);
+    monitorsConfig_.reset();
+  }
+}
+
 }  // namespace spicebox::guestsim

@@ -53,9 +53,18 @@ struct DriverStats {
   uint64_t notSubmitted = 0;  // commands the materialiser could not lay out (Unsupported, ...)
   uint64_t oomNotifications = 0;
   uint64_t interrupts = 0;
-  uint64_t deviceErrors = 0;                       // QXL_INTERRUPT_ERROR seen
-  uint64_t snapshots = 0;                          // snapshotPrimary() read-backs
-  uint64_t stamps = 0;                             // submitWithStamp(); also in commands (DRAW)
+  uint64_t deviceErrors = 0;  // QXL_INTERRUPT_ERROR seen
+  uint64_t snapshots = 0;     // snapshotPrimary() read-backs
+  uint64_t stamps = 0;        // submitWithStamp(); also in commands (DRAW)
+  // A hostile guest's (attacker.h): commands the device could not release (their release info
+  // translates nowhere; it counts them too), commands forgotten at a QXL_IO_RESET, and resets.
+  uint64_t unreleasable = 0;
+  uint64_t forgottenAtReset = 0;
+  uint64_t resets = 0;
+  // --relink: links to a new broker after the one before went away, and the commands the old
+  // device had not released (they died with it; the driver reclaimed them).
+  uint64_t relinks = 0;
+  uint64_t forgottenAtRelink = 0;
   std::map<std::string, uint64_t> commandsByType;  // "DRAW", "SURFACE", ...
   std::map<std::string, uint64_t> ioByName;        // performed, by recorded worker message name
   std::map<std::string, uint64_t> skippedByName;   // skipped, same names
@@ -99,6 +108,63 @@ class Driver {
   const DriverStats& stats() const { return stats_; }
   size_t outstanding() const { return pending_.size(); }
 
+  // ---- A hostile guest's steps (attacker.h), which no driver takes on its own.
+
+  // A command laid out and outstanding but not published: the attacker may rewrite its memory
+  // and its ring item (Materialised::commandAddr, qxlType, cursorRing) first.
+  struct Prepared {
+    uint64_t releaseId = 0;
+    Materialised* laidOut = nullptr;  // valid while the command is outstanding
+  };
+  // Lays out `command` as perform() does (reclaiming, waiting for memory). nullopt: not laid out
+  // (counted in notSubmitted).
+  std::optional<Prepared> prepare(const Command& command);
+  // Publishes prepared commands (all for one ring) as their ring items now say.
+  void publishPrepared(std::span<const Prepared> items);
+  // The command's QXLReleaseInfo moved to `host` (the device writes `next` there now).
+  void moveReleaseInfo(uint64_t releaseId, std::byte* host);
+  bool isOutstanding(uint64_t releaseId) const { return pending_.count(releaseId) != 0; }
+  // Waits until the device released it (reclaiming), under the watchdog.
+  void waitReleased(uint64_t releaseId);
+  // The device will never release it (its release info translates nowhere): frees its memory,
+  // counted as unreleasable. Only once the device is done with it (after a flush).
+  void abandon(uint64_t releaseId);
+  // A surface create the renderer refused: its pixel memory is freed now.
+  void forgetSurface(uint32_t surfaceId);
+  // The attacker broke the command rings (their producer indices) or the release ring (its
+  // consumer index): nothing is published on, or walked from, them until resetDevice().
+  void poisonCommandRings() { commandRingsPoisoned_ = true; }
+  void poisonReleaseRing() { releaseRingPoisoned_ = true; }
+  // What a driver does once the device stopped answering (a halted ring): QXL_IO_RESET, then the
+  // set-up of init() again (int_mask, both memslots with their new generations). Everything
+  // outstanding is forgotten (counted in forgottenAtReset): the device releases none of it. Every
+  // GuestBlock handed out before is gone with the old allocator.
+  void resetDevice();
+  // The link was taken again by a new broker (Vmm::relink): a new device, which knows nothing of
+  // this driver. As a driver resuming: QXL_IO_RESET and the set-up of init() again, every command
+  // outstanding at the old device reclaimed (counted in forgottenAtRelink), then the primary
+  // created again with its parameters and its pixels as they are in guest memory now (the guest's
+  // last read-back), which the new device shows. Offscreen surfaces are forgotten, as at a reset.
+  void relinked();
+  // The attacker deleted and re-added the RAM slot: it has `generation` now.
+  void ramSlotReAdded(uint8_t generation);
+  // Handles what int_pending holds now, without waiting for the interrupt eventfd.
+  void pollInterrupts() { onInterrupt(); }
+
+  // Where things are, for the attacker.
+  std::byte* ramHeader() const;
+  DriverAllocator& allocator() { return *allocator_; }
+  Vmm& vmm() { return vmm_; }
+  struct SlotLayout {
+    uint8_t ramSlot = 0, vramSlot = 0;
+    uint8_t slotIdBits = 0, slotGenBits = 0;
+    uint64_t ramStart = 0, ramEnd = 0;  // slot 1's guest physical range (end exclusive)
+  };
+  const SlotLayout& slots() const { return slots_; }
+  bool hasPrimary() const { return primary_.has_value(); }
+  uint32_t primaryWidth() const { return primaryWidth_; }
+  uint32_t primaryHeight() const { return primaryHeight_; }
+
  private:
   struct Pending {
     Materialised materialised;
@@ -107,9 +173,12 @@ class Driver {
     std::optional<uint32_t> destroysSurface;  // QXL_SURFACE_CMD_DESTROY of this id
   };
 
-  // The QXLRam header inside our RAM BAR mapping (after init()).
-  std::byte* ramHeader() const;
   void onInterrupt();
+  // resetDevice()'s and relinked()'s common part: QXL_IO_RESET, everything forgotten (returns how
+  // many commands were outstanding), the slots set up again.
+  uint64_t restartDevice();
+  // init()'s and resetDevice()'s common part: int_mask, both memslots, a fresh allocator.
+  void setUpSlots();
   // A command laid out in guest memory (in pending_), not yet on its ring. `stampPixels`, when
   // set: the stamp's 20 bytes in guest memory, written with `stampSeq` and the time just before
   // the command is published (the time goes to lastStampNs_).
@@ -150,9 +219,12 @@ class Driver {
   uint32_t primaryWidth_ = 0, primaryHeight_ = 0;
   int32_t primaryStride_ = 0;
   uint32_t primaryFormat_ = 0;
+  PrimarySurface primaryCreated_;  // its create parameters (data empty), for relinked()
   std::optional<GuestBlock> monitorsConfig_;
   DriverStats stats_;
   uint64_t lastStampNs_ = 0;  // what push() wrote into the last stamp
+  SlotLayout slots_;
+  bool commandRingsPoisoned_ = false, releaseRingPoisoned_ = false;
 };
 
 }  // namespace spicebox::guestsim

@@ -20,6 +20,7 @@
 #include "base/latency-stamp.h"
 #include "base/log.h"
 #include "tests/oracle/png-image.h"
+#include "tools/guestsim/attacker.h"
 #include "tools/guestsim/driver.h"
 #include "tools/guestsim/scenario.h"
 #include "tools/guestsim/spice-record-writer.h"
@@ -55,7 +56,14 @@ struct Options {
   bool snapshotLast = false;
   // After every command the source puts on the command ring, a latency stamp (stamp.h).
   bool stamps = false;
+  // hostile: the same stream without its attacks (hostile-scenario.h).
+  bool validOnly = false;
+  // When the broker goes away: link again to a new one on --vmm-socket and go on (Run::surviving).
+  bool relink = false;
 };
+
+// How long --relink waits for a new broker to listen on --vmm-socket.
+constexpr std::chrono::seconds RELINK_BOUND{60};
 
 // An IoEvent after which the primary shown so far is gone (or replaced).
 bool endsPrimary(const IoEvent& io) {
@@ -70,6 +78,17 @@ bool endsPrimary(const IoEvent& io) {
     default:
       return false;
   }
+}
+
+// An action after which the picture shown so far is gone: the primary destroyed or replaced, a
+// reset, or an attack that takes the display down (hostile-scenario.h).
+bool endsPicture(const GuestAction& action) {
+  if (const auto* io = std::get_if<IoEvent>(&action))
+    return endsPrimary(*io);
+  if (const auto* attack = std::get_if<Attack>(&action))
+    return std::holds_alternative<PrimaryAttack>(*attack) ||
+           std::holds_alternative<RingAttack>(*attack);
+  return std::holds_alternative<DeviceReset>(action);
 }
 
 // Where the guest's actions come from; reopened for each --loop pass.
@@ -123,23 +142,26 @@ std::unique_ptr<ActionSource> openSource(const Options& o) {
   if (!o.replay.empty())
     return std::make_unique<ReplaySource>(o.replay, o.rate);
   return std::make_unique<ScenarioSource>(
-      o.scenario, ScenarioOptions{o.seed, o.count, o.rate, o.referenceFormats});
+      o.scenario, ScenarioOptions{o.seed, o.count, o.rate, o.referenceFormats, o.validOnly});
 }
 
-// What an offline run (no broker) counts, in the driver's terms.
+// What an offline run (no broker) counts, in the driver's terms. (Attacks and resets need a
+// device: main() refuses the hostile scenario without one.)
 void countOffline(const GuestAction& action, DriverStats& stats) {
   if (const auto* command = std::get_if<Command>(&action)) {
     static constexpr const char* NAMES[] = {"", "DRAW", "UPDATE", "CURSOR", "MESSAGE", "SURFACE"};
     ++stats.commands;
     ++stats.commandsByType[NAMES[static_cast<int>(command->type) % 6]];
-  } else {
+  } else if (const auto* io = std::get_if<IoEvent>(&action)) {
     ++stats.ioEvents;
-    ++stats.ioByName[std::string(workerMessageName(std::get<IoEvent>(action).message))];
+    ++stats.ioByName[std::string(workerMessageName(io->message))];
   }
 }
 
-// The one summary line on stdout: "commands: N io: M (skipped: K) released: R; ...".
-std::string summaryLine(const DriverStats& s) {
+// The one summary line on stdout: "commands: N io: M (skipped: K) released: R; ...". With
+// attacks (`a` not null): "attacks: N (not met: U); unreleasable: X; forgotten at reset: F;
+// resets: R; race rounds: Q; attacks by name: ...".
+std::string summaryLine(const DriverStats& s, const AttackStats* a) {
   std::string line = fmt::format("commands: {} io: {} (skipped: {}) released: {}", s.commands,
                                  s.ioEvents, s.ioSkipped, s.released);
   auto list = [&line](const char* title, const std::map<std::string, uint64_t>& counts) {
@@ -165,11 +187,21 @@ std::string summaryLine(const DriverStats& s) {
     line += fmt::format("; device errors: {}", s.deviceErrors);
   if (s.snapshots)
     line += fmt::format("; snapshots: {}", s.snapshots);
+  if (s.relinks)
+    line += fmt::format("; relinks: {}; forgotten at relink: {}", s.relinks, s.forgottenAtRelink);
+  if (s.resets || (a && a->attacks))
+    line += fmt::format("; unreleasable: {}; forgotten at reset: {}; resets: {}", s.unreleasable,
+                        s.forgottenAtReset, s.resets);
+  if (a && a->attacks) {
+    line += fmt::format("; attacks: {} (not met: {}); race rounds: {}", a->attacks, a->unmet,
+                        a->raceRounds);
+    list("attacks by name", a->byName);
+  }
   return line;
 }
 
-void printSummary(const DriverStats& s) {
-  std::cout << summaryLine(s) << std::endl;
+void printSummary(const DriverStats& s, const AttackStats* a = nullptr) {
+  std::cout << summaryLine(s, a) << std::endl;
 }
 
 uint64_t nowNs() {
@@ -202,27 +234,45 @@ class Run {
       vmm_->link();
       driver_ = std::make_unique<Driver>(*vmm_);
       driver_->init();
+      attacker_ = std::make_unique<Attacker>(*driver_);
     }
     bool untilReached = play();
     if (untilReached) {
+      // Everything submitted comes back first: the summary says what the device released.
+      surviving([this] {
+        driver_->drain();
+        return 0;
+      });
       finishRecording();
-      printSummary(stats());
+      printSummary(stats(), attackStats());
       spdlog::info("--until {} reached: staying linked until SIGTERM / SIGINT", o_.until);
-      vmm_->serveForever();  // ends with StopRequested (or a VmmError when the link closes)
+      surviving([this] {
+        vmm_->serveForever();  // ends with StopRequested (or LinkClosed)
+        return 0;
+      });
     }
     if (driver_)
-      driver_->drain();
+      surviving([this] {
+        driver_->drain();
+        return 0;
+      });
     finishRecording();
-    printSummary(stats());
+    printSummary(stats(), attackStats());
     if (stats().notSubmitted != 0) {
       spdlog::error("{} commands could not be put into guest memory (see the warnings above)",
                     stats().notSubmitted);
+      return 1;
+    }
+    if (attacker_ && attacker_->stats().unmet != 0) {
+      spdlog::error("{} attacks were not met as expected (see the errors above)",
+                    attacker_->stats().unmet);
       return 1;
     }
     return 0;
   }
 
   const DriverStats& stats() const { return driver_ ? driver_->stats() : offline_; }
+  const AttackStats* attackStats() const { return attacker_ ? &attacker_->stats() : nullptr; }
 
   void finishRecording() {
     if (!writer_)
@@ -252,7 +302,10 @@ class Run {
                                std::chrono::duration<double>(paced / rate));
         auto now = Clock::now();
         if (due > now)
-          vmm_->pause(std::chrono::ceil<std::chrono::milliseconds>(due - now));
+          surviving([&] {
+            vmm_->pause(std::chrono::ceil<std::chrono::milliseconds>(due - now));
+            return 0;
+          });
       }
       std::optional<GuestAction> action = source->next();
       if (!action && o_.snapshotLast)
@@ -281,10 +334,12 @@ class Run {
       }
       // The last picture before the primary goes: what --snapshot-last means when the source
       // ends by destroying it (the screen a user saw last).
-      if (!isCommand && o_.snapshotLast && endsPrimary(std::get<IoEvent>(*action)))
+      if (!isCommand && o_.snapshotLast && endsPicture(*action))
         snapshot(submitted);
       const bool stamped = isCommand && o_.stamps && stampable(std::get<Command>(*action));
-      if ((stamped ? performStamped(std::get<Command>(*action)) : perform(*action)) && isCommand) {
+      const bool done = surviving(
+          [&] { return stamped ? performStamped(std::get<Command>(*action)) : perform(*action); });
+      if (done && isCommand) {
         ++submitted;
         if (snapshotWanted(submitted))
           snapshot(submitted);
@@ -362,11 +417,41 @@ class Run {
            snapshotAt_.count(submitted) != 0;
   }
 
+  // Runs `step` (which talks to the device); when the link closes under it (the broker went
+  // away) and --relink is on, links again to a new broker and runs `step` again: an interrupted
+  // command is submitted again (the driver reclaimed it with everything the old device held), an
+  // interrupted wait waits again.
+  template <typename Step>
+  auto surviving(Step&& step) -> decltype(step()) {
+    for (;;) {
+      try {
+        return step();
+      } catch (const LinkClosed& e) {
+        if (!o_.relink || !driver_)
+          throw;
+        spdlog::warn("{}; linking again to a broker on {} (--relink)", e.what(), o_.vmmSocket);
+      }
+      relink();
+    }
+  }
+
+  void relink() {
+    for (;;) {
+      vmm_->relink(o_.vmmSocket, RELINK_BOUND);  // VmmError when none comes: the run ends
+      try {
+        driver_->relinked();
+        return;
+      } catch (const LinkClosed& e) {
+        spdlog::warn("{}; linking again (--relink)", e.what());
+      }
+    }
+  }
+
   // Reads the primary back after `submitted` commands and writes it as PNG; once per count.
   void snapshot(uint64_t submitted) {
     if (!driver_ || o_.snapshotPrefix.empty() || submitted == 0 || submitted == lastSnapshot_)
       return;
-    auto taken = driver_->snapshotPrimary();
+    auto taken = surviving([this] { return driver_->snapshotPrimary(); });
     if (!taken)
       return;  // no primary: nothing on the screen to read
     lastSnapshot_ = submitted;
@@ -383,6 +468,15 @@ class Run {
   }
 
   bool perform(const GuestAction& action) {
+    // The hostile scenario's own steps: never recorded (main() refuses --record-out with it).
+    if (const auto* attack = std::get_if<Attack>(&action)) {
+      attacker_->perform(*attack);
+      return true;
+    }
+    if (std::holds_alternative<DeviceReset>(action)) {
+      attacker_->reset();
+      return true;
+    }
     bool done = true;
     if (driver_)
       done = driver_->perform(action);
@@ -415,6 +509,7 @@ class Run {
   // Declared after vmm_, so destroyed first: it unregisters its interrupt handler from the VMM.
   std::unique_ptr<Vmm> vmm_;
   std::unique_ptr<Driver> driver_;
+  std::unique_ptr<Attacker> attacker_;  // after driver_: destroyed before it
   DriverStats offline_;
 };
 
@@ -439,8 +534,10 @@ int runGuestsim(const Options& o) {
         spdlog::error("{}", e.what());
         status = 1;
       }
-      if (o.until == 0)
-        printSummary(run.stats());
+      // After --until the summary was printed when it was reached; again when a relink came
+      // since (what the new device was given).
+      if (o.until == 0 || run.stats().relinks != 0)
+        printSummary(run.stats(), run.attackStats());
     } catch (const std::exception& e) {
       spdlog::error("{}", e.what());
       try {
@@ -449,7 +546,7 @@ int runGuestsim(const Options& o) {
         spdlog::error("{}", inner.what());
       }
       if (run.stats().commands + run.stats().ioEvents != 0)
-        printSummary(run.stats());  // what was done before the failure
+        printSummary(run.stats(), run.attackStats());  // what was done before the failure
       status = 1;
     }
   }
@@ -478,15 +575,16 @@ int main(int argc, char** argv) {
                      "A built-in workload: desktop, all-draws, stress (--rate, default "
                      "2000 commands/s); latency and tear workloads, one command per "
                      "update: small-fills (200/s), fullhd (1920x1080 copies, 30/s), "
-                     "flash (full-screen colours, unpaced)")
+                     "flash (full-screen colours, unpaced); hostile (stress's commands "
+                     "and every attack on the device and the renderer, unpaced)")
           ->check(CLI::IsMember(scenarioNames()));
   auto* replay = app.add_option("--replay", o.replay,
                                 "A spice-server QXL recording (SPICE_REPLAY 1, .xz read directly)")
                      ->check(CLI::ExistingFile);
   scenario->excludes(replay);
   app.add_option("--until", o.until,
-                 "After N commands stop submitting, print the summary and stay linked until "
-                 "SIGTERM / SIGINT");
+                 "After N commands stop submitting, wait for their release, print the summary and "
+                 "stay linked until SIGTERM / SIGINT");
   app.add_flag("--loop", o.loop,
                "At the end, destroy the primary and every surface and start again");
   app.add_option("--rate", o.rate,
@@ -520,6 +618,15 @@ int main(int argc, char** argv) {
                "After every command on the command ring, draw a latency stamp (5x1 pixels at "
                "(0,0) of the primary: sequence number and CLOCK_MONOTONIC at the doorbell; "
                "base/latency-stamp.h)");
+  app.add_flag("--valid-only", o.validOnly,
+               "With --scenario hostile or expensive: the same seed's valid commands and device "
+               "resets, every "
+               "attack left out (the pictures the attacks must not change)");
+  app.add_flag("--relink", o.relink,
+               "When the broker goes away (killed, restarted), link again to the broker that "
+               "next listens on --vmm-socket (waiting up to 60 s) and go on, as a VMM whose "
+               "display backend was restarted: the device is set up again and the primary "
+               "created again from guest memory");
   app.add_option("--log-level", o.logLevel,
                  "trace, debug, info, warn or error (default: info, or $SPICEBOX_LOG)")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -531,6 +638,24 @@ int main(int argc, char** argv) {
     return 2;
   }
   bool linked = o.vmmFd >= 0 || !o.vmmSocket.empty();
+  const bool attacking = o.scenario == "hostile" || o.scenario == "expensive";
+  if (o.validOnly && !attacking) {
+    spdlog::error("--valid-only goes with --scenario hostile or expensive");
+    return 2;
+  }
+  if (attacking && (!linked || !o.recordOut.empty() || o.stamps)) {
+    spdlog::error(
+        "--scenario {} attacks a device: it needs --vmm-socket or --vmm-fd, and its "
+        "attacks and resets have no place in a recording (--record-out) or among --stamps",
+        o.scenario);
+    return 2;
+  }
+  if (o.relink && (o.vmmSocket.empty() || o.scenario == "hostile")) {
+    spdlog::error(
+        "--relink links again to --vmm-socket PATH (an inherited --vmm-fd cannot be "
+        "connected again), and not with --scenario hostile (its attacks keep their own state)");
+    return 2;
+  }
   const bool snapshotsAsked = o.snapshotEvery != 0 || !o.snapshotAt.empty() || o.snapshotLast;
   if (snapshotsAsked != !o.snapshotPrefix.empty()) {
     spdlog::error(

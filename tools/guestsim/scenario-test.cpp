@@ -244,8 +244,14 @@ void checkRoundTrip(const std::vector<GuestAction>& actions) {
   std::string bytes = "SPICE_REPLAY 1\n";
   uint64_t timestamp = 1000;
   for (size_t i = 0; i < actions.size(); ++i) {
-    std::variant<Command, IoEvent> body =
-        std::visit([](const auto& a) -> std::variant<Command, IoEvent> { return a; }, actions[i]);
+    // Attacks and device resets (the hostile scenario's) have no place in a recording.
+    REQUIRE((std::holds_alternative<Command>(actions[i]) ||
+             std::holds_alternative<IoEvent>(actions[i])));
+    std::variant<Command, IoEvent> body;
+    if (const auto* command = std::get_if<Command>(&actions[i]))
+      body = *command;
+    else
+      body = std::get<IoEvent>(actions[i]);
     auto err = serializeEvent(uint32_t(i), timestamp++, body, bytes);
     INFO("action " << i << ": " << (err ? err->toString() : ""));
     REQUIRE(!err);
@@ -264,8 +270,11 @@ void checkRoundTrip(const std::vector<GuestAction>& actions) {
     bool same = std::visit(
         [&](const auto& a) {
           using T = std::decay_t<decltype(a)>;
-          auto* got = std::get_if<T>(&e.body);
-          return got != nullptr && *got == a;
+          if constexpr (std::is_same_v<T, Command> || std::is_same_v<T, IoEvent>) {
+            auto* got = std::get_if<T>(&e.body);
+            return got != nullptr && *got == a;
+          }
+          return false;
         },
         actions[i]);
     REQUIRE(same);

@@ -13,6 +13,7 @@
 
 #include "tools/guestsim/scenario.h"
 #include "renderer/qxl-formats.h"
+#include "tools/guestsim/hostile-scenario.h"
 
 #include <spice/enums.h>
 #include <spice/qxl_dev.h>
@@ -1559,7 +1560,8 @@ class FlashScenario final : public QueuedScenario {
 }  // namespace
 
 std::vector<std::string> scenarioNames() {
-  return {"desktop", "all-draws", "stress", "small-fills", "fullhd", "fullhd-bands", "flash"};
+  return {"desktop",      "all-draws", "stress",  "small-fills", "fullhd",
+          "fullhd-bands", "flash",     "hostile", "expensive"};
 }
 
 std::unique_ptr<Scenario> makeScenario(std::string_view name, const ScenarioOptions& options) {
@@ -1583,6 +1585,12 @@ std::unique_ptr<Scenario> makeScenario(std::string_view name, const ScenarioOpti
   }
   if (name == "flash") {
     return std::make_unique<FlashScenario>(options);
+  }
+  if (name == "hostile") {
+    return makeHostileScenario(options);
+  }
+  if (name == "expensive") {
+    return makeExpensiveScenario(options);
   }
   std::string known;
   for (const std::string& n : scenarioNames()) {

@@ -12,6 +12,7 @@
 #include <variant>
 #include <vector>
 
+#include "tools/guestsim/attack.h"
 #include "tools/guestsim/spice-record.h"
 
 namespace spicebox::guestsim {
@@ -20,8 +21,9 @@ namespace spicebox::guestsim {
 // scenario and a replayed file drive the guest driver the same way; the driver maps it to the
 // QXL IO port writes a real driver makes (CreatePrimarySurface -> QXL_IO_CREATE_PRIMARY with
 // the surface in VRAM, Update -> QXL_IO_UPDATE_AREA of the whole primary, Wakeup ->
-// QXL_IO_NOTIFY_CMD, Oom -> QXL_IO_NOTIFY_OOM, ...).
-using GuestAction = std::variant<Command, IoEvent>;
+// QXL_IO_NOTIFY_CMD, Oom -> QXL_IO_NOTIFY_OOM, ...). DeviceReset and Attack come from the
+// hostile scenario only (attack.h): they have no place in a recording.
+using GuestAction = std::variant<Command, IoEvent, DeviceReset, Attack>;
 
 struct ScenarioOptions {
   // stress, small-fills, fullhd, flash: the random sequence (fullhd: its picture, flash: its
@@ -38,6 +40,9 @@ struct ScenarioOptions {
   // others: abort), ROP3 pattern positions not past the bbox's corner (it reads before the
   // pattern), no A8 text (read one row off). docs/architecture.md has the details.
   bool referenceFormatsOnly = false;
+  // hostile, expensive: the same stream with every Attack left out (--valid-only): its valid
+  // commands and device resets only, whose pictures the attacks must not change.
+  bool validOnly = false;
 };
 
 class Scenario {
@@ -61,6 +66,9 @@ class Scenario {
 //                  a dictionary coder compresses best);
 //   "flash":       a full-screen solid DRAW_FILL, never the previous update's colour, as fast as
 //                  the device takes them by default.
+// And "hostile" (hostile-scenario.h): stress's valid commands with every attack of attack.h;
+// "expensive" (the same header): stress's valid commands with a command that takes the renderer
+// seconds after every 100 of them.
 // Throws std::invalid_argument with the list of known names for anything else.
 std::unique_ptr<Scenario> makeScenario(std::string_view name, const ScenarioOptions& options);
 std::vector<std::string> scenarioNames();

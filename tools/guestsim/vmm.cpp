@@ -240,7 +240,8 @@ void Vmm::checkOpen() const {
   if (!channel_)
     throw VmmError("not connected to a broker");
   if (closed_ || !channel_->isOpen())
-    throw VmmError(fmt::format("the qxl-link to the broker closed: {}", closeReason_));
+    throw LinkClosed(fmt::format("the qxl-link to the broker closed: {}",
+                                 closeReason_.empty() ? "the broker went away" : closeReason_));
 }
 
 void Vmm::link() {
@@ -265,6 +266,28 @@ void Vmm::link() {
   spdlog::info("linked: ROM {} KiB, RAM {} MiB at {:#x}, VRAM {} MiB at {:#x}",
                options_.romBytes >> 10, options_.ramBytes >> 20, ramPhysStart(),
                options_.vramBytes >> 20, vramPhysStart());
+}
+
+void Vmm::relink(const std::string& socketPath, std::chrono::milliseconds timeout) {
+  channel_.reset();
+  closed_ = false;
+  closeReason_.clear();
+  helloAnswered_ = false;
+  awaitingCompletion_.clear();
+  asyncCompleted_ = asyncSent_;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    try {
+      connect(socketPath);
+      break;
+    } catch (const VmmError& e) {
+      if (std::chrono::steady_clock::now() >= deadline)
+        throw VmmError(fmt::format("no broker took the link again within {} s: {}",
+                                   timeout.count() / 1000.0, e.what()));
+    }
+    pause(std::chrono::milliseconds(50));
+  }
+  link();
 }
 
 void Vmm::ioWrite(uint8_t port, uint8_t value, bool async) {

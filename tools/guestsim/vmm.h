@@ -46,6 +46,11 @@ class VmmError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+// The qxl-link closed (the broker went away): with --relink, guestsim links again (Vmm::relink).
+class LinkClosed : public VmmError {
+ public:
+  using VmmError::VmmError;
+};
 // SIGTERM / SIGINT arrived while waiting: main() finishes the recording and exits 0.
 class StopRequested : public std::exception {
  public:
@@ -79,6 +84,11 @@ class Vmm {
   void adopt(int fd);
   // hello, waits for the broker's hello, then link with the six descriptors.
   void link();
+  // After the link closed (LinkClosed): connects to `socketPath` again, trying every 50 ms for
+  // up to `timeout` (a new broker may not be listening yet), and links the same BARs and eventfds:
+  // the guest's memory as it is now. Async writes the old broker had not completed are dropped
+  // (their waits ended with LinkClosed). Throws VmmError when no broker answered in time.
+  void relink(const std::string& socketPath, std::chrono::milliseconds timeout);
 
   // A guest write to the QXL IO BAR. With `async` the call waits for the broker's ioComplete.
   void ioWrite(uint8_t port, uint8_t value, bool async);
