@@ -245,7 +245,11 @@ class Run {
       });
       finishRecording();
       printSummary(stats(), attackStats());
-      spdlog::info("--until {} reached: staying linked until SIGTERM / SIGINT", o_.until);
+      if (finishedBySignal_)
+        spdlog::info("SIGUSR1: finished after {} commands; staying linked until SIGTERM / SIGINT",
+                     submitted_);
+      else
+        spdlog::info("--until {} reached: staying linked until SIGTERM / SIGINT", o_.until);
       surviving([this] {
         vmm_->serveForever();  // ends with StopRequested (or LinkClosed)
         return 0;
@@ -285,14 +289,20 @@ class Run {
   }
 
  private:
-  // Plays the source (each --loop pass). Returns true when --until stopped it.
+  // Plays the source (each --loop pass). Returns true when --until or SIGUSR1 stopped it.
   bool play() {
-    uint64_t submitted = 0;
+    uint64_t& submitted = submitted_;
     auto source = openSource(o_);
     Clock::time_point start = Clock::now();
     uint64_t paced = 0;
     uint64_t actionsThisPass = 0;
     for (;;) {
+      if (vmm_ && stop_.finishRequested()) {
+        finishedBySignal_ = true;
+        if (o_.snapshotLast)
+          snapshot(submitted);
+        return true;
+      }
       // Pacing: command n goes out no earlier than start + n / rate. The wait comes before the
       // source makes the action, as a guest draws its next frame when it is due: making a large
       // one (fullhd's 8 MiB) right after the previous doorbell would compete for the CPU with
@@ -504,8 +514,10 @@ class Run {
   std::unique_ptr<RecordWriter> writer_;
   std::set<uint64_t> snapshotAt_{o_.snapshotAt.begin(), o_.snapshotAt.end()};
   uint64_t lastSnapshot_ = 0;
-  bool stampable_ = false;     // a primary of at least STAMP_WIDTH x 1 exists
-  uint32_t nextStampSeq_ = 1;  // seq of the next stamp (1 .. 2^24 - 1)
+  uint64_t submitted_ = 0;         // commands submitted by play()
+  bool finishedBySignal_ = false;  // SIGUSR1 ended play()
+  bool stampable_ = false;         // a primary of at least STAMP_WIDTH x 1 exists
+  uint32_t nextStampSeq_ = 1;      // seq of the next stamp (1 .. 2^24 - 1)
   // Declared after vmm_, so destroyed first: it unregisters its interrupt handler from the VMM.
   std::unique_ptr<Vmm> vmm_;
   std::unique_ptr<Driver> driver_;

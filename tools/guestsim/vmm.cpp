@@ -54,6 +54,16 @@ StopSignals::StopSignals(uv_loop_t* loop) {
     // A pending stop never keeps the loop alive by itself.
     uv_unref(handle->handle());
   }
+  uv_signal_init(loop, sigusr1_.get());
+  sigusr1_->data = this;
+  uv_signal_start(
+      sigusr1_.get(),
+      [](uv_signal_t* h, int) {
+        if (h->data)
+          static_cast<StopSignals*>(h->data)->finishRequested_ = true;
+      },
+      SIGUSR1);
+  uv_unref(sigusr1_.handle());
 }
 
 Vmm::Bar Vmm::makeBar(const char* name, uint64_t size) {

@@ -57,16 +57,20 @@ class StopRequested : public std::exception {
   const char* what() const noexcept override { return "stop requested (SIGTERM/SIGINT)"; }
 };
 
-// SIGTERM / SIGINT watched on the loop: they set a flag the waits check (no work is done in
-// the handler). Lives as long as the loop runs.
+// SIGTERM / SIGINT (and SIGUSR1) watched on the loop: they set a flag the waits check (no work is
+// done in the handler). Lives as long as the loop runs.
 class StopSignals {
  public:
   explicit StopSignals(uv_loop_t* loop);
   bool requested() const { return requested_; }
+  // SIGUSR1: stop submitting now and stay linked, as --until does at a count (tests that decide
+  // when the guest is done: tests/fault).
+  bool finishRequested() const { return finishRequested_; }
 
  private:
   bool requested_ = false;
-  base::UvHandle<uv_signal_t> sigterm_, sigint_;
+  bool finishRequested_ = false;
+  base::UvHandle<uv_signal_t> sigterm_, sigint_, sigusr1_;
 };
 
 class Vmm {
