@@ -91,6 +91,7 @@ TEST_CASE(
   REQUIRE(second.waitForReady(test::START_BOUND));
   const bool relinked = second.waitForLog("VMM linked", GUEST_BOUND).has_value();
   INFO("second broker:\n" << second.stderrText());
+  INFO("guestsim stderr now:\n" << test::readFile(guest.errPath));
   REQUIRE(relinked);
 
   // A client of the new broker: the guest's picture, as it read it back from the first broker.

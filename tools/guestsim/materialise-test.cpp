@@ -18,6 +18,13 @@
 namespace spicebox::guestsim {
 namespace {
 
+// A copy of a field of a packed QXL structure: Catch2 binds CHECK's operands to references,
+// which must not point at a misaligned field (UBSan).
+template <typename T>
+T v(T value) {
+  return value;
+}
+
 // ---------------------------------------------------------------- test allocator
 
 // Two arenas over std::vector<std::byte>, with a fake memslot encoding: guestAddr = base +
@@ -138,7 +145,7 @@ class Walker {
     while (addr != 0) {
       REQUIRE(all.size() < 100000);  // a loop would never end
       auto header = mem_.read<QXLDataChunk>(addr);
-      CHECK(header.prev_chunk == prev);
+      CHECK(v(header.prev_chunk) == prev);
       const auto* bytes =
           reinterpret_cast<const uint8_t*>(mem_.at(addr + sizeof(QXLDataChunk), header.data_size));
       data.insert(data.end(), bytes, bytes + header.data_size);
@@ -180,7 +187,7 @@ class Walker {
                       mem_.at(q.bitmap.palette + sizeof(QXLPalette), qp.num_ents * 4ull),
                       qp.num_ents * 4ull);
         }
-        REQUIRE(q.bitmap.data != 0);
+        REQUIRE(v(q.bitmap.data) != 0);
         if (bm.flags & QXL_BITMAP_DIRECT) {
           uint64_t size = uint64_t{bm.y} * bm.stride;
           const auto* p = reinterpret_cast<const uint8_t*>(mem_.at(q.bitmap.data, size));
@@ -197,7 +204,7 @@ class Walker {
       case SPICE_IMAGE_TYPE_QUIC: {
         QuicImage& quic = img.payload.emplace<QuicImage>();
         chain(addr + sizeof(QXLImageDescriptor) + sizeof(QXLQUICData), quic.data, quic.chunkSizes);
-        CHECK(q.quic.data_size == quic.data.size());
+        CHECK(v(q.quic.data_size) == quic.data.size());
         break;
       }
       default:
@@ -231,7 +238,7 @@ class Walker {
       auto header = mem_.read<QXLClipRects>(q.data);
       std::vector<uint8_t> bytes;
       chain(q.data + offsetof(QXLClipRects, chunk), bytes, c.chunkSizes);
-      REQUIRE(bytes.size() == header.num_rects * sizeof(QXLRect));
+      REQUIRE(bytes.size() == v(header.num_rects) * sizeof(QXLRect));
       c.rects.resize(header.num_rects);
       for (size_t i = 0; i < c.rects.size(); ++i) {
         QXLRect r;
@@ -239,7 +246,7 @@ class Walker {
         c.rects[i] = rect(r);
       }
     } else {
-      CHECK(q.data == 0);
+      CHECK(v(q.data) == 0);
     }
     return c;
   }
@@ -334,7 +341,7 @@ class Walker {
         t.str.length = s.length;
         t.str.flags = s.flags;
         chain(q.u.text.str + offsetof(QXLString, chunk), t.str.data, t.str.chunkSizes);
-        CHECK(s.data_size == t.str.data.size());
+        CHECK(v(s.data_size) == t.str.data.size());
         t.backArea = rect(q.u.text.back_area);
         t.foreBrush = brush(q.u.text.fore_brush);
         t.backBrush = brush(q.u.text.back_brush);
@@ -384,14 +391,14 @@ class Walker {
     auto header = mem_.read<QXLPath>(q.path);
     std::vector<uint8_t> bytes;
     chain(q.path + offsetof(QXLPath, chunk), bytes, s.pathChunkSizes);
-    CHECK(header.data_size == bytes.size());
+    CHECK(v(header.data_size) == bytes.size());
     size_t at = 0;
     while (at < bytes.size()) {
       REQUIRE(bytes.size() - at >= 8);
       QXLPathSeg seg;
       std::memcpy(&seg, bytes.data() + at, sizeof(seg));
       at += sizeof(seg);
-      REQUIRE(seg.count <= (bytes.size() - at) / sizeof(QXLPointFix));
+      REQUIRE(v(seg.count) <= (bytes.size() - at) / sizeof(QXLPointFix));
       PathSegment out;
       out.flags = seg.flags;
       for (uint32_t i = 0; i < seg.count; ++i) {
@@ -404,11 +411,11 @@ class Walker {
     }
     s.attrFlags = q.attr.flags;
     if (q.attr.flags & SPICE_LINE_FLAGS_STYLED) {
-      REQUIRE(q.attr.style != 0);
+      REQUIRE(v(q.attr.style) != 0);
       s.style.resize(q.attr.style_nseg);
       std::memcpy(s.style.data(), mem_.at(q.attr.style, s.style.size() * 4ull), s.style.size() * 4);
     } else {
-      CHECK(q.attr.style == 0);
+      CHECK(v(q.attr.style) == 0);
     }
     s.brush = brush(q.brush);
     s.foreMode = q.fore_mode;
@@ -434,7 +441,7 @@ class Walker {
           sh.hotSpotX = s.header.hot_spot_x;
           sh.hotSpotY = s.header.hot_spot_y;
           chain(q.u.set.shape + offsetof(QXLCursor, chunk), sh.data, sh.chunkSizes);
-          CHECK(s.data_size == sh.data.size());
+          CHECK(v(s.data_size) == sh.data.size());
         }
         break;
       case QXL_CURSOR_MOVE:
@@ -463,7 +470,7 @@ class Walker {
       s.stride = q.u.surface_create.stride;
       REQUIRE(memory);
       // The pixels start at the block (lowest address), whatever the stride's sign.
-      CHECK(q.u.surface_create.data == memory->guestAddr);
+      CHECK(v(q.u.surface_create.data) == memory->guestAddr);
       uint64_t size = uint64_t{s.height} * static_cast<uint64_t>(std::abs(int64_t{s.stride}));
       const auto* p = reinterpret_cast<const uint8_t*>(mem_.at(q.u.surface_create.data, size));
       if (s.flags & QXL_SURF_FLAG_KEEP_DATA) {
@@ -933,7 +940,7 @@ TEST_CASE("materialise-surface-memory-is-vram-and-not-a-command-block", "[materi
     CHECK(b.handle != m.surfaceMemory->handle);
   }
   auto q = alloc.read<QXLSurfaceCmd>(m.commandAddr);
-  CHECK(q.u.surface_create.data == m.surfaceMemory->guestAddr);
+  CHECK(v(q.u.surface_create.data) == m.surfaceMemory->guestAddr);
   freeAll(m, alloc);
 }
 
@@ -946,15 +953,15 @@ TEST_CASE("materialise-chunk-chain-links-prev-and-next", "[materialise]") {
   auto img = alloc.read<QXLImage>(d.u.copy.src_bitmap);
   uint64_t first = img.bitmap.data;
   auto c0 = alloc.read<QXLDataChunk>(first);
-  REQUIRE(c0.next_chunk != 0);
+  REQUIRE(v(c0.next_chunk) != 0);
   auto c1 = alloc.read<QXLDataChunk>(c0.next_chunk);
-  REQUIRE(c1.next_chunk != 0);
+  REQUIRE(v(c1.next_chunk) != 0);
   auto c2 = alloc.read<QXLDataChunk>(c1.next_chunk);
-  CHECK(c0.prev_chunk == 0);
-  CHECK(c1.prev_chunk == first);
-  CHECK(c2.prev_chunk == c0.next_chunk);
-  CHECK(c2.next_chunk == 0);
-  CHECK((c0.data_size == 16 && c1.data_size == 16 && c2.data_size == 16));
+  CHECK(v(c0.prev_chunk) == 0);
+  CHECK(v(c1.prev_chunk) == first);
+  CHECK(v(c2.prev_chunk) == v(c0.next_chunk));
+  CHECK(v(c2.next_chunk) == 0);
+  CHECK((v(c0.data_size) == 16 && v(c1.data_size) == 16 && v(c2.data_size) == 16));
   freeAll(m, alloc);
 }
 

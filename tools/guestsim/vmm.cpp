@@ -279,25 +279,28 @@ void Vmm::link() {
 }
 
 void Vmm::relink(const std::string& socketPath, std::chrono::milliseconds timeout) {
-  channel_.reset();
-  closed_ = false;
-  closeReason_.clear();
-  helloAnswered_ = false;
-  awaitingCompletion_.clear();
-  asyncCompleted_ = asyncSent_;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
+    channel_.reset();
+    closed_ = false;
+    closeReason_.clear();
+    helloAnswered_ = false;
+    awaitingCompletion_.clear();
+    asyncCompleted_ = asyncSent_;
     try {
       connect(socketPath);
-      break;
+      link();
+      return;
     } catch (const VmmError& e) {
+      // Refused, or accepted and closed: a dying broker's socket can still take a connection
+      // while the kernel tears the process down. Either way, the next broker is not there yet.
       if (std::chrono::steady_clock::now() >= deadline)
         throw VmmError(fmt::format("no broker took the link again within {} s: {}",
                                    timeout.count() / 1000.0, e.what()));
     }
+    channel_.reset();
     pause(std::chrono::milliseconds(50));
   }
-  link();
 }
 
 void Vmm::ioWrite(uint8_t port, uint8_t value, bool async) {
