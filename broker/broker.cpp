@@ -389,9 +389,9 @@ void Broker::onRendererDied(const ChildDeath& death) {
   if (progress.phase != renderer::recovery::Phase::Running || progress.seq != inFlight_.front())
     return;  // between commands: nothing to blame
   auto plan = plans_.find(progress.seq);
-  if (plan == plans_.end() || progress.index >= plan->second.itemNames.size())
+  if (plan == plans_.end() || progress.index >= plan->second.items.size())
     return;  // not a batch and item we sent (a compromised renderer's record): nothing to blame
-  const std::string& what = plan->second.itemNames[progress.index];
+  const std::string what = describeItem(plan->second.items[progress.index]);
   if (death.fromOutside || !(death.crashed || death.hung)) {
     spdlog::info(
         "renderer ended ({}) in batch {} item {} ({}): not the command's doing, not "
@@ -416,8 +416,8 @@ void Broker::quarantine(uint64_t seq, uint32_t index) {
   spdlog::error(
       "quarantined batch {} item {} ({}): it brought the renderer down {} times; it is released "
       "to the guest without being drawn ({} quarantined so far)",
-      seq, index, plan != plans_.end() ? plan->second.itemNames[index] : "?", DEATHS_TO_QUARANTINE,
-      commandsQuarantined_);
+      seq, index, plan != plans_.end() ? describeItem(plan->second.items[index]) : std::string("?"),
+      DEATHS_TO_QUARANTINE, commandsQuarantined_);
   const auto now = std::chrono::steady_clock::now();
   recentQuarantines_.push_back(now);
   while (!recentQuarantines_.empty() && now - recentQuarantines_.front() > QUARANTINE_WINDOW)
@@ -607,23 +607,31 @@ Broker::BatchOutputPlan Broker::planBatch(std::span<const qxl::WorkItem> items) 
   plan.primaryAfter = plannedPrimary_;
   plan.segmentAfter = segment_;
   for (const qxl::WorkItem& item : items) {
+    BatchOutputPlan::Item planned{static_cast<uint8_t>(item.index())};
     if (const auto* command = std::get_if<qxl::CommandItem>(&item)) {
       ++plan.commands;
-      // QXLCmdType (qxl_dev.h), by value.
-      static constexpr const char* TYPES[] = {"NOP",    "DRAW",    "UPDATE",
-                                              "CURSOR", "MESSAGE", "SURFACE"};
-      plan.itemNames.push_back(
-          fmt::format("{} command (QXL type {}) at guest address {:#x}",
-                      command->type < std::size(TYPES) ? TYPES[command->type] : "unknown",
-                      command->type, command->addr));
-    } else {
-      static constexpr const char* NAMES[] = {"command",        "createPrimary",   "destroyPrimary",
-                                              "destroySurface", "destroySurfaces", "updateArea",
-                                              "monitorsConfig", "memslots",        "reset"};
-      plan.itemNames.push_back(NAMES[item.index()]);
+      planned.commandType = command->type;
+      planned.addr = command->addr;
     }
+    plan.items.push_back(planned);
   }
   return plan;
+}
+
+std::string Broker::describeItem(const BatchOutputPlan::Item& item) {
+  if (item.kind == 0) {
+    // QXLCmdType (qxl_dev.h), by value.
+    static constexpr const char* TYPES[] = {"NOP",    "DRAW",    "UPDATE",
+                                            "CURSOR", "MESSAGE", "SURFACE"};
+    return fmt::format("{} command (QXL type {}) at guest address {:#x}",
+                       item.commandType < std::size(TYPES) ? TYPES[item.commandType] : "unknown",
+                       item.commandType, item.addr);
+  }
+  // The other qxl::WorkItem alternatives, in order.
+  static constexpr const char* NAMES[] = {"command",        "createPrimary",   "destroyPrimary",
+                                          "destroySurface", "destroySurfaces", "updateArea",
+                                          "monitorsConfig", "memslots",        "reset"};
+  return item.kind < std::size(NAMES) ? NAMES[item.kind] : "unknown item";
 }
 
 bool Broker::sendBatch(uint64_t seq, std::span<const qxl::WorkItem> items) {
@@ -649,7 +657,7 @@ bool Broker::sendBatch(uint64_t seq, std::span<const qxl::WorkItem> items) {
   auto skip = quarantined_.find(seq);
   // A batch sent again may start with the memslot table it was built with (Device::
   // rendererAvailable): not one of its numbered items.
-  const size_t numbered = it->second.itemNames.size();
+  const size_t numbered = it->second.items.size();
   const uint32_t prefix =
       items.size() > numbered ? static_cast<uint32_t>(items.size() - numbered) : 0;
   buildBatch(message, seq, items, prefix,

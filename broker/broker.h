@@ -151,9 +151,17 @@ class Broker {
     std::optional<PrimarySize> primaryAfter;
     std::shared_ptr<DisplaySegment> segmentAfter;  // the primary's segment when the batch ends
     uint32_t commands = 0;                         // items that are guest commands
-    // What each item is, for the log line of a quarantine: "DRAW command at 0x..", "createPrimary".
-    std::vector<std::string> itemNames;
+    // What each item is, for the log lines of a death and a quarantine (describeItem()): kept as
+    // numbers, formatted only when logged.
+    struct Item {
+      uint8_t kind = 0;          // the qxl::WorkItem alternative
+      uint32_t commandType = 0;  // QXLCmdType, for a CommandItem
+      uint64_t addr = 0;         // its guest address, for a CommandItem
+    };
+    std::vector<Item> items;
   };
+  // "DRAW command (QXL type 1) at guest address 0x...", "createPrimary".
+  static std::string describeItem(const BatchOutputPlan::Item& item);
   BatchOutputPlan planBatch(std::span<const qxl::WorkItem> items);
   void dropSegments();
 
