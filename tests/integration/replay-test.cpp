@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "base/fd.h"
-#include "tests/integration/broker-process.h"
+#include "tests/integration/client-steps.h"
 #include "tests/oracle/png-image.h"
 #include "tests/support/shared-recordings.h"
 
@@ -44,16 +44,9 @@ namespace {
 constexpr auto REPLAY_BOUND = 240s;
 constexpr auto BROKER_START_BOUND = 10000ms;
 
-std::string readFile(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // "commands: N" of a recording's .stats.txt (the first line that starts with it).
 uint64_t recordedCommands(const std::filesystem::path& statsPath) {
-  std::istringstream in(readFile(statsPath));
+  std::istringstream in(test::readFile(statsPath));
   std::string line;
   while (std::getline(in, line)) {
     if (line.rfind("commands: ", 0) == 0)
@@ -82,59 +75,13 @@ std::vector<std::string> errorLines(const std::string& log) {
   return linesMatching(log, level);
 }
 
-struct ProgramResult {
-  int waitStatus = -1;
-  std::string out;  // stdout: the summary line
-  std::string err;  // stderr: the log
-};
-
-// Runs `binary` with `args`, its stdout and stderr into files in `dir`, while keeping the broker's
-// notification queue and stderr pipe drained (full, they would block the broker). Waits on the
-// program's pidfd: the poll returns when it exits; its timeout only paces the draining.
-// `stdoutPath`: where its stdout goes (read back into `out` unless given).
-ProgramResult runProgram(const char* binary, const std::vector<std::string>& args,
-                         const std::filesystem::path& dir, test::BrokerProcess& broker,
-                         const std::filesystem::path& stdoutPath = {}) {
-  auto outPath = stdoutPath.empty() ? dir / "program.out" : stdoutPath;
-  auto errPath = dir / "program.err";
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    int out = ::open(outPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int err = ::open(errPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (out < 0 || err < 0 || ::dup2(out, 1) < 0 || ::dup2(err, 2) < 0)
-      ::_exit(126);
-    std::vector<std::string> store{binary};
-    store.insert(store.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : store)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  base::Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-  REQUIRE(pidfd);
-  ProgramResult result;
-  auto deadline = Clock::now() + REPLAY_BOUND;
-  for (;;) {
-    pollfd p{pidfd.get(), POLLIN, 0};
-    int n = ::poll(&p, 1, 50);
-    broker.drain();  // notifications and stderr: a full queue or pipe would block the broker
-    if (n > 0)
-      break;
-    if (Clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-      FAIL(binary << " did not finish within " << REPLAY_BOUND.count() << " s:\n"
-                  << readFile(errPath));
-    }
-  }
-  REQUIRE(::waitpid(pid, &result.waitStatus, 0) == pid);
-  if (stdoutPath.empty())
-    result.out = readFile(outPath);
-  result.err = readFile(errPath);
-  return result;
+// Runs `binary` with `args` (test::startProgram: stdout and stderr into DIR/NAME.out and .err)
+// to its end, keeping the broker drained meanwhile.
+test::Exit runProgram(const char* binary, const std::vector<std::string>& args,
+                      const std::filesystem::path& dir, test::BrokerProcess& broker,
+                      const std::string& name = "program") {
+  test::Program p = test::startProgram(binary, args, dir, name);
+  return test::awaitExit(p, broker, REPLAY_BOUND);
 }
 
 struct TempDir {
@@ -150,8 +97,8 @@ struct TempDir {
   }
 };
 
-ProgramResult runGuestsim(const std::vector<std::string>& args, const std::filesystem::path& dir,
-                          test::BrokerProcess& broker) {
+test::Exit runGuestsim(const std::vector<std::string>& args, const std::filesystem::path& dir,
+                       test::BrokerProcess& broker) {
   return runProgram(SPICEBOX_GUESTSIM_PATH, args, dir, broker);
 }
 
@@ -288,8 +235,10 @@ void replayThroughBroker(const std::string& name) {
   CHECK(s.released == s.commands);
   stopBrokerWithoutErrors(broker);
 
-  const auto plain = tmp.path / (name + ".rec");
-  auto unpacked = runProgram("/usr/bin/xz", {"-dc", recording.string()}, tmp.path, broker, plain);
+  // xz's stdout, DIR/NAME.rec.out: the recording uncompressed.
+  auto unpacked =
+      runProgram("/usr/bin/xz", {"-dc", recording.string()}, tmp.path, broker, name + ".rec");
+  const auto plain = tmp.path / (name + ".rec.out");
   REQUIRE(WIFEXITED(unpacked.waitStatus));
   REQUIRE(WEXITSTATUS(unpacked.waitStatus) == 0);
   compareWithOracle(name, plain, tmp.path, broker);

@@ -17,6 +17,7 @@
 
 #include "broker/fuzz/fuzz-datagram.h"
 #include "broker/fuzz/fuzz-seeds.h"
+#include "tests/support/fuzz-inputs.h"
 
 namespace spicebox::broker::fuzz {
 namespace {
@@ -27,22 +28,8 @@ const fs::path FUZZ_DIR = SPICEBOX_BROKER_FUZZ_DIR;
 const char* const WRITE_SEEDS =
     "regenerate them with: broker-fuzz-regression-tests '[.write-seeds]' (from the build's bin/)";
 
-std::vector<uint8_t> readInput(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  INFO("fuzz input " << path);
-  REQUIRE(in.good());
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-// The .bin files of `dir`, sorted.
-std::vector<fs::path> inputsIn(const fs::path& dir) {
-  std::set<fs::path> out;
-  if (fs::is_directory(dir))
-    for (const auto& entry : fs::directory_iterator(dir))
-      if (entry.is_regular_file() && entry.path().extension() == ".bin")
-        out.insert(entry.path());
-  return {out.begin(), out.end()};
-}
+using test::fuzzInputsIn;
+using test::readFuzzInput;
 
 DatagramResult feed(const std::string& target, const std::vector<uint8_t>& bytes) {
   return target == "peer-renderer" ? feedRendererDatagram(bytes) : feedNetproxyDatagram(bytes);
@@ -59,11 +46,11 @@ void checkSeed(const std::string& target, const std::vector<uint8_t>& bytes, boo
 }
 
 TEST_CASE("broker-fuzz-regressions-replay", "[fuzz-regression]") {
-  const auto inputs = inputsIn(FUZZ_DIR / "regressions");
+  const auto inputs = fuzzInputsIn(FUZZ_DIR / "regressions");
   for (const auto& path : inputs) {
     INFO("regression input " << path);
     const std::string name = path.filename().string();
-    const auto bytes = readInput(path);
+    const auto bytes = readFuzzInput(path);
     if (name.starts_with("peer-renderer-")) {
       feedRendererDatagram(bytes);
     } else if (name.starts_with("peer-netproxy-")) {
@@ -77,12 +64,12 @@ TEST_CASE("broker-fuzz-regressions-replay", "[fuzz-regression]") {
 
 TEST_CASE("broker-fuzz-seeds-decode", "[fuzz-seeds]") {
   for (const std::string target : {"peer-renderer", "peer-netproxy"}) {
-    const auto seeds = inputsIn(FUZZ_DIR / "seeds" / target);
+    const auto seeds = fuzzInputsIn(FUZZ_DIR / "seeds" / target);
     INFO("seeds of " << target << " in " << (FUZZ_DIR / "seeds" / target) << "; " << WRITE_SEEDS);
     CHECK(!seeds.empty());
     for (const auto& path : seeds) {
       INFO("seed " << path);
-      checkSeed(target, readInput(path), path.filename().string().starts_with("hello"));
+      checkSeed(target, readFuzzInput(path), path.filename().string().starts_with("hello"));
     }
   }
 }
@@ -111,7 +98,7 @@ TEST_CASE("broker-fuzz-largest-batch-done-forwards", "[fuzz-seeds]") {
 TEST_CASE("broker-fuzz-write-seeds", "[.write-seeds]") {
   for (const char* target : {"peer-renderer", "peer-netproxy"}) {
     fs::create_directories(FUZZ_DIR / "seeds" / target);
-    for (const auto& old : inputsIn(FUZZ_DIR / "seeds" / target))
+    for (const auto& old : fuzzInputsIn(FUZZ_DIR / "seeds" / target))
       fs::remove(old);
   }
   const auto seeds = makeSeeds();

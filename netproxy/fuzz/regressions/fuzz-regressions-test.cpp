@@ -16,6 +16,7 @@
 
 #include "netproxy/fuzz/fuzz-seeds.h"
 #include "netproxy/fuzz/fuzz-stream.h"
+#include "tests/support/fuzz-inputs.h"
 
 namespace spicebox::netproxy::fuzz {
 namespace {
@@ -26,22 +27,8 @@ const fs::path FUZZ_DIR = SPICEBOX_NETPROXY_FUZZ_DIR;
 const char* const WRITE_SEEDS =
     "regenerate them with: netproxy-fuzz-regression-tests '[.write-seeds]' (from the build's bin/)";
 
-std::vector<uint8_t> readInput(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  INFO("fuzz input " << path);
-  REQUIRE(in.good());
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-// The .bin files of `dir`, sorted.
-std::vector<fs::path> inputsIn(const fs::path& dir) {
-  std::set<fs::path> out;
-  if (fs::is_directory(dir))
-    for (const auto& entry : fs::directory_iterator(dir))
-      if (entry.is_regular_file() && entry.path().extension() == ".bin")
-        out.insert(entry.path());
-  return {out.begin(), out.end()};
-}
+using test::fuzzInputsIn;
+using test::readFuzzInput;
 
 // A link seed is a whole link stage: refused only at the ticket (which no seed can encrypt for a
 // key made at run time), or linked with every data message after it accepted.
@@ -69,11 +56,11 @@ void checkMessagesSeed(const std::vector<uint8_t>& bytes) {
 }
 
 TEST_CASE("netproxy-fuzz-regressions-replay", "[fuzz-regression]") {
-  const auto inputs = inputsIn(FUZZ_DIR / "regressions");
+  const auto inputs = fuzzInputsIn(FUZZ_DIR / "regressions");
   for (const auto& path : inputs) {
     INFO("regression input " << path);
     const std::string name = path.filename().string();
-    const auto bytes = readInput(path);
+    const auto bytes = readFuzzInput(path);
     if (name.starts_with("link-")) {
       feedLinkInput(bytes);
     } else if (name.starts_with("messages-")) {
@@ -87,15 +74,15 @@ TEST_CASE("netproxy-fuzz-regressions-replay", "[fuzz-regression]") {
 
 TEST_CASE("netproxy-fuzz-seeds-are-accepted-streams", "[fuzz-seeds]") {
   for (const char* target : {"link", "messages"}) {
-    const auto seeds = inputsIn(FUZZ_DIR / "seeds" / target);
+    const auto seeds = fuzzInputsIn(FUZZ_DIR / "seeds" / target);
     INFO("seeds of " << target << " in " << (FUZZ_DIR / "seeds" / target) << "; " << WRITE_SEEDS);
     CHECK(!seeds.empty());
     for (const auto& path : seeds) {
       INFO("seed " << path);
       if (std::string(target) == "link")
-        checkLinkSeed(readInput(path));
+        checkLinkSeed(readFuzzInput(path));
       else
-        checkMessagesSeed(readInput(path));
+        checkMessagesSeed(readFuzzInput(path));
     }
   }
 }
@@ -116,7 +103,7 @@ TEST_CASE("netproxy-fuzz-seeds-are-committed", "[fuzz-seeds]") {
 TEST_CASE("netproxy-fuzz-write-seeds", "[.write-seeds]") {
   for (const char* target : {"link", "messages"}) {
     fs::create_directories(FUZZ_DIR / "seeds" / target);
-    for (const auto& old : inputsIn(FUZZ_DIR / "seeds" / target))
+    for (const auto& old : fuzzInputsIn(FUZZ_DIR / "seeds" / target))
       fs::remove(old);
   }
   const auto seeds = makeSeeds();
